@@ -1,0 +1,223 @@
+"""Reassembly backward: gradients of DLU (features, logits, offsets) and CARAFE (features, masks).
+
+Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradient dy = d loss / d out.
+
+1. Mask gradient, a channel reduction per output pixel (no scatter):
+       dK[g, j, o] = sum_{c in g} dy[c, o] * x[c, q(o) + d_j]
+   CARAFE stores it as the masks' gradient. DLU continues in registers: with corner softmaxes P_c
+   and bilinear weights w_c, K = sum_c w_c P_c, so
+       d px = [0 < px < W-1] * sum_j dK_j ((1-fy)(P01 - P00) + fy(P11 - P10))_j     (dy likewise)
+       d logits[., corner c] += w_c * P_c * (dK - <P_c, dK>)                         (softmax backward)
+   The offsets' gradient belongs to one output pixel and is stored directly; the logits' gradient
+   lands on corners that the offsets choose, so it is scattered with fp32 atomics (fp64 for fp64
+   inputs). DLU's kernel also writes K, the mask step 2 needs; it lives only during backward.
+2. Features gradient, a gather over the output pixels whose taps read each input pixel:
+       dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
+   so every input pixel is written once, without atomics.
+
+Grids: step 1 runs one program per (image, BLOCK_P source pixels, BLOCK_S sub-pixels, group) and
+loops over the group's channels; step 2 one per (image, BLOCK_P input pixels, BLOCK_C channels).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    acc_dtype, block_config, corner_softmax, index_dtype, new_output, sampling_point, taps_padded,
+)
+
+
+@triton.jit
+def _scatter_logit_grad(d_base, corner, pc, wc, dk, ok):
+    """Softmax backward of one corner's share, w_c * P_c * (dK - <P_c, dK>), added to its logits."""
+    dl = wc[:, :, None] * pc * (dk - tl.sum(pc * dk, axis=2)[:, :, None])
+    tl.atomic_add(d_base + corner[:, :, None], dl, mask=ok & (wc != 0.0)[:, :, None], sem="relaxed")
+
+
+@triton.jit
+def _mask_grad_kernel(
+    gy_ptr, x_ptr, l_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dy; features; logits; offsets;
+    # K out (DLU) or mask gradient out (CARAFE); logits-gradient accumulator; offsets gradient
+    sgn, sgc, sgy, sgx,  # dy strides
+    sxn, sxc, sxy, sxx,  # features strides
+    sln, slc, sly, slx,  # logits strides
+    son, soc, soy, sox,  # offsets strides
+    skn, skc, sky, skx,  # K / mask-gradient strides
+    sdn, sdc, sdy, sdx,  # logits-gradient accumulator strides
+    sen, sec, sey, sex,  # offsets-gradient strides
+    H, W, CPG, S,  # low-resolution size, channels per group, scale factor
+    KS: tl.constexpr,  # kernel size k
+    KKP: tl.constexpr,  # k*k rounded up to a power of two
+    FROM_LOGITS: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
+    BLOCK_P: tl.constexpr,  # source pixels per program
+    BLOCK_S: tl.constexpr,  # sub-pixels per program
+    ACC: tl.constexpr,  # accumulator dtype
+    IDX: tl.constexpr,  # index dtype
+):
+    KK: tl.constexpr = KS * KS
+    R: tl.constexpr = KS // 2
+    n_pblocks = tl.cdiv(H * W, BLOCK_P)
+    n = (tl.program_id(0) // n_pblocks).to(IDX)
+    p = (tl.program_id(0) % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    sub = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    g = tl.program_id(2)
+    p_ok = p < H * W
+    ok = p_ok[:, None] & (sub < S * S)[None, :]  # [P, S]
+    iy = (p // W).to(IDX)
+    ix = (p % W).to(IDX)
+    oy = iy[:, None] * S + (sub // S)[None, :]
+    ox = ix[:, None] * S + (sub % S)[None, :]
+    j = tl.arange(0, KKP)
+    j_ok = j < KK
+    ty = iy[:, None] + (j // KS - R)[None, :]  # [P, KKP] tap positions
+    tx = ix[:, None] + (j % KS - R)[None, :]
+    t_ok = p_ok[:, None] & j_ok[None, :] & (ty >= 0) & (ty < H) & (tx >= 0) & (tx < W)
+
+    dk = tl.zeros((BLOCK_P, BLOCK_S, KKP), dtype=ACC)
+    gy_base = gy_ptr + n * sgn + oy * sgy + ox * sgx
+    x_base = x_ptr + n * sxn + ty * sxy + tx * sxx
+    for ci in range(CPG):
+        c = (g * CPG + ci).to(IDX)
+        dyc = tl.load(gy_base + c * sgc, mask=ok, other=0.0).to(ACC)
+        xc = tl.load(x_base + c * sxc, mask=t_ok, other=0.0).to(ACC)
+        dk += dyc[:, :, None] * xc[:, None, :]
+
+    pj_ok = ok[:, :, None] & j_ok[None, None, :]
+    k_out = k_ptr + n * skn + (oy * sky + ox * skx)[:, :, None] + ((g * KK + j) * skc)[None, None, :]
+    if FROM_LOGITS:
+        off_base = off_ptr + n * son + (iy * soy + ix * sox)[:, None]
+        y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC)
+        l_base = l_ptr + n * sln
+        p00 = corner_softmax(l_base, y0.to(IDX) * sly + x0.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
+        p01 = corner_softmax(l_base, y0.to(IDX) * sly + x1.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
+        p10 = corner_softmax(l_base, y1.to(IDX) * sly + x0.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
+        p11 = corner_softmax(l_base, y1.to(IDX) * sly + x1.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
+        w00 = (1.0 - fy) * (1.0 - fx)
+        w01 = (1.0 - fy) * fx
+        w10 = fy * (1.0 - fx)
+        w11 = fy * fx
+        kern = w00[:, :, None] * p00 + w01[:, :, None] * p01 + w10[:, :, None] * p10 + w11[:, :, None] * p11
+        tl.store(k_out, kern.to(k_ptr.dtype.element_ty), mask=pj_ok)
+
+        d_px = tl.sum(dk * ((1.0 - fy)[:, :, None] * (p01 - p00) + fy[:, :, None] * (p11 - p10)), axis=2)
+        d_py = tl.sum(dk * ((1.0 - fx)[:, :, None] * (p10 - p00) + fx[:, :, None] * (p11 - p01)), axis=2)
+        e_base = doff_ptr + n * sen + (iy * sey + ix * sex)[:, None]
+        e_ch = 2 * g * S * S + sub[None, :]
+        doff_ty = doff_ptr.dtype.element_ty
+        tl.store(e_base + e_ch * sec, (d_px * in_x.to(ACC)).to(doff_ty), mask=ok)
+        tl.store(e_base + (e_ch + S * S) * sec, (d_py * in_y.to(ACC)).to(doff_ty), mask=ok)
+
+        d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, None, :]
+        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x0.to(IDX) * sdx, p00, w00, dk, pj_ok)
+        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x1.to(IDX) * sdx, p01, w01, dk, pj_ok)
+        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x0.to(IDX) * sdx, p10, w10, dk, pj_ok)
+        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x1.to(IDX) * sdx, p11, w11, dk, pj_ok)
+    else:
+        tl.store(k_out, dk.to(k_ptr.dtype.element_ty), mask=pj_ok)
+
+
+@triton.jit
+def _feature_grad_kernel(
+    gy_ptr, k_ptr, dx_ptr,  # dy; K (masks); features gradient
+    sgn, sgc, sgy, sgx,  # dy strides
+    skn, skc, sky, skx,  # K strides
+    sdn, sdc, sdy, sdx,  # features-gradient strides
+    H, W, CPG, S,  # low-resolution size, channels per group, scale factor
+    KS: tl.constexpr,  # kernel size k
+    BLOCK_P: tl.constexpr,  # input pixels per program
+    BLOCK_S: tl.constexpr,  # sub-pixels per inner step
+    BLOCK_C: tl.constexpr,  # channels per program (within one group)
+    ACC: tl.constexpr,  # accumulator dtype
+    IDX: tl.constexpr,  # index dtype
+):
+    KK: tl.constexpr = KS * KS
+    R: tl.constexpr = KS // 2
+    n_pblocks = tl.cdiv(H * W, BLOCK_P)
+    n_cblocks = tl.cdiv(CPG, BLOCK_C)
+    n = (tl.program_id(0) // n_pblocks).to(IDX)
+    p = (tl.program_id(0) % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    g = tl.program_id(1) // n_cblocks
+    cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = (g * CPG + cg).to(IDX)
+    p_ok = p < H * W
+    c_ok = cg < CPG
+    iy = (p // W).to(IDX)
+    ix = (p % W).to(IDX)
+
+    acc = tl.zeros((BLOCK_C, BLOCK_P, BLOCK_S), dtype=ACC)
+    gy_base = gy_ptr + n * sgn + c[:, None, None] * sgc
+    k_base = k_ptr + n * skn
+    for j in range(KK):
+        # The output pixels whose tap j reads pixel p have source pixel p - d_j.
+        qy = iy - (j // KS - R)
+        qx = ix - (j % KS - R)
+        q_ok = p_ok & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+        for s0 in range(0, S * S, BLOCK_S):
+            sub = s0 + tl.arange(0, BLOCK_S)
+            ok = q_ok[:, None] & (sub < S * S)[None, :]
+            oy = qy[:, None] * S + (sub // S)[None, :]
+            ox = qx[:, None] * S + (sub % S)[None, :]
+            kj = tl.load(k_base + (g * KK + j) * skc + oy * sky + ox * skx, mask=ok, other=0.0).to(ACC)
+            dy = tl.load(gy_base + (oy * sgy + ox * sgx)[None, :, :], mask=c_ok[:, None, None] & ok[None, :, :], other=0.0)
+            acc += dy.to(ACC) * kj[None, :, :]
+
+    dx = dx_ptr + n * sdn + c[:, None] * sdc + (iy * sdy + ix * sdx)[None, :]
+    tl.store(dx, tl.sum(acc, axis=2).to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
+
+
+def _mask_grad(grad_out, features, logits, offsets, k_out, dlogits, doffsets, kernel_size, group_size, scale_factor):
+    n, c, h, w = features.shape
+    s = scale_factor
+    from_logits = logits is not None
+    logits, offsets, dlogits, doffsets = (t if from_logits else k_out for t in (logits, offsets, dlogits, doffsets))
+    _, block_p, block_s, warps = block_config(c // group_size, s)
+    grid = (n * triton.cdiv(h * w, block_p), triton.cdiv(s * s, block_s), group_size)
+    tensors = (grad_out, features, logits, offsets, k_out, dlogits, doffsets)
+    _mask_grad_kernel[grid](
+        *tensors, *(st for t in tensors for st in t.stride()),
+        h, w, c // group_size, s,
+        KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
+        BLOCK_P=block_p, BLOCK_S=block_s, ACC=acc_dtype(features), IDX=index_dtype(*tensors),
+        num_warps=warps,
+    )
+
+
+def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_factor):
+    n, c, h, w = dfeatures.shape
+    cpg = c // group_size
+    block_c, block_p, block_s, warps = block_config(cpg, scale_factor)
+    grid = (n * triton.cdiv(h * w, block_p), group_size * triton.cdiv(cpg, block_c))
+    _feature_grad_kernel[grid](
+        grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
+        h, w, cpg, scale_factor,
+        KS=kernel_size, BLOCK_P=block_p, BLOCK_S=block_s, BLOCK_C=block_c,
+        ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
+        num_warps=warps,
+    )
+
+
+def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    n, _, h, w = features.shape
+    s, kk = scale_factor, kernel_size * kernel_size
+    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    dfeatures = new_output(features, features.shape)
+    doffsets = new_output(offsets, offsets.shape)
+    if features.numel() == 0:
+        return dfeatures, new_output(kernel_logits, kernel_logits.shape), doffsets
+    masks = torch.empty((n, group_size * kk, s * h, s * w), dtype=acc, device=features.device)
+    dlogits = torch.zeros(kernel_logits.shape, dtype=acc, device=features.device)
+    _mask_grad(grad_out, features, kernel_logits, offsets, masks, dlogits, doffsets, kernel_size, group_size, s)
+    _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, s)
+    dlogits_out = new_output(kernel_logits, kernel_logits.shape)
+    dlogits_out.copy_(dlogits)
+    return dfeatures, dlogits_out, doffsets
+
+
+def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_factor):
+    dfeatures = new_output(features, features.shape)
+    dmasks = new_output(masks, masks.shape)
+    if features.numel() == 0:
+        return dfeatures, dmasks
+    _mask_grad(grad_out, features, None, None, dmasks, None, None, kernel_size, group_size, scale_factor)
+    _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_factor)
+    return dfeatures, dmasks

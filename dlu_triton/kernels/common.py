@@ -1,0 +1,102 @@
+"""What the forward and backward kernel families share: DLU's kernel sampling as @triton.jit
+helpers, and the host-side rules for layouts, index width, accumulator dtype and block sizes.
+
+Sampling (contract step 2). For source pixel q = (iy, ix), sub-pixel t and group g, the offsets
+give (dx, dy); the sampling point (py, px) = (iy + dy, ix + dx) is clamped to [0, H-1] x [0, W-1]
+(grid_sample's border padding with align_corners=True). Its four corners (y0|y1, x0|x1) carry the
+bilinear weights w00 = (1-fy)(1-fx), w01 = (1-fy)fx, w10 = fy(1-fx), w11 = fy fx. A coordinate
+counts as inside only when strictly between the borders: grid_sample gives a clamped coordinate,
+and one exactly on the border, a zero gradient.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr):
+    """Corner indices, fractions and strictly-inside flags of the sampling points, all [P, S]."""
+    ch = 2 * g * S * S + sub[None, :]
+    dx = tl.load(off_base + ch * soc, mask=ok, other=0.0).to(ACC)
+    dy = tl.load(off_base + (ch + S * S) * soc, mask=ok, other=0.0).to(ACC)
+    py = iy[:, None].to(ACC) + dy
+    px = ix[:, None].to(ACC) + dx
+    in_y = (py > 0) & (py < H - 1)
+    in_x = (px > 0) & (px < W - 1)
+    # NaN must survive the clamp (it is the reference's answer); indices are clamped again
+    # after the conversion so a NaN point never reads outside the image.
+    nan = tl.PropagateNan.ALL
+    py = tl.minimum(tl.maximum(py, 0.0, propagate_nan=nan), H - 1.0, propagate_nan=nan)
+    px = tl.minimum(tl.maximum(px, 0.0, propagate_nan=nan), W - 1.0, propagate_nan=nan)
+    y0f = tl.floor(py)
+    x0f = tl.floor(px)
+    y0 = tl.minimum(tl.maximum(y0f.to(tl.int32), 0), H - 1)
+    x0 = tl.minimum(tl.maximum(x0f.to(tl.int32), 0), W - 1)
+    y1 = tl.minimum(y0 + 1, H - 1)
+    x1 = tl.minimum(x0 + 1, W - 1)
+    return y0, y1, x0, x1, py - y0f, px - x0f, in_y, in_x
+
+
+@triton.jit
+def corner_logits(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
+    """The k*k logits of group g at each point's corner, [P, S, KKP]; padding taps are -inf."""
+    j = tl.arange(0, KKP)
+    j_ok = (j < KK)[None, None, :]
+    v = tl.load(l_base + corner[:, :, None] + ((g * KK + j) * slc)[None, None, :], mask=ok[:, :, None] & j_ok, other=0.0)
+    return tl.where(j_ok, v.to(ACC), float("-inf"))
+
+
+@triton.jit
+def corner_lse(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
+    """log-sum-exp of a corner's logits, [P, S]: subtracting it is the softmax."""
+    v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
+    m = tl.max(v, axis=2)
+    return m + tl.log(tl.sum(tl.exp(v - m[:, :, None]), axis=2))
+
+
+@triton.jit
+def corner_softmax(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
+    """Softmax over a corner's logits, [P, S, KKP] (zero on padding taps)."""
+    v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
+    e = tl.exp(v - tl.max(v, axis=2)[:, :, None])
+    return e / tl.sum(e, axis=2)[:, :, None]
+
+
+def output_format(like):
+    """channels_last when `like` is (unambiguously) channels_last, as convolutions do."""
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def new_output(like, size, dtype=None):
+    """An output for `like`'s kernels: same device, dtype unless given, same memory format."""
+    return torch.empty(
+        size, dtype=dtype or like.dtype, device=like.device, memory_format=output_format(like)
+    )
+
+
+def acc_dtype(t):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def index_dtype(*tensors):
+    """int64 addressing only when some element lies past int32's reach."""
+    far = max(sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) for t in tensors if t.numel())
+    return tl.int64 if far >= 2**31 else tl.int32
+
+
+def taps_padded(kernel_size):
+    return triton.next_power_of_2(kernel_size * kernel_size)
+
+
+def block_config(channels_per_group, scale_factor):
+    """BLOCK_C, BLOCK_P, BLOCK_S and warps: the one place block sizes are chosen.
+
+    A program accumulates BLOCK_C x BLOCK_P x BLOCK_S outputs (about 4096, 32 fp32 registers a
+    thread at 4 warps); a wide BLOCK_C amortises DLU's per-pixel kernel sampling over channels.
+    """
+    block_s = min(triton.next_power_of_2(scale_factor * scale_factor), 16)
+    block_c = min(triton.next_power_of_2(channels_per_group), 128)
+    block_p = max(1, min(64, 4096 // (block_c * block_s)))
+    return block_c, block_p, block_s, 4

@@ -1,0 +1,94 @@
+"""The slow, obviously-correct PyTorch reference: the oracle of every test and the CPU path.
+
+It computes DLU the way the paper's code does (softmax at low resolution, offsets through
+pixel_shuffle, grid_sample with border padding and align_corners=True, CARAFE reassembly by
+unfold), so every intermediate (the high-resolution mask included) exists in memory. See
+`../shared/dlu-semantics.md` for the contract.
+
+The backward functions spell the gradient out with ATen's own backward kernels, because the
+custom ops call them where autograd is switched off; tests check them against autograd through
+the forward functions.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _normalise(pos, size):
+    # align_corners=True sends -1 and +1 to the centres of pixels 0 and size-1. The official code
+    # divides by size-1, which is zero for a single pixel; there every position pins to pixel 0,
+    # and `pos * 0` keeps a non-finite offset non-finite.
+    return pos * (2.0 / (size - 1)) - 1.0 if size > 1 else pos * 0.0
+
+
+def _sampling_grid(offsets, group_size, scale_factor, height, width):
+    """grid_sample's normalised grid, (N*G, s*H, s*W, 2), from low-resolution pixel offsets."""
+    n, s = offsets.shape[0], scale_factor
+    off = F.pixel_shuffle(offsets, s).view(n, group_size, 2, s * height, s * width)
+    iy = torch.arange(s * height, device=offsets.device, dtype=offsets.dtype).div(s, rounding_mode="floor")
+    ix = torch.arange(s * width, device=offsets.device, dtype=offsets.dtype).div(s, rounding_mode="floor")
+    gx = _normalise(ix + off[:, :, 0], width)
+    gy = _normalise(iy[:, None] + off[:, :, 1], height)
+    return torch.stack((gx, gy), dim=-1).view(n * group_size, s * height, s * width, 2)
+
+
+def _kernel_space(kernel_logits, kernel_size, group_size):
+    n, _, h, w = kernel_logits.shape
+    return F.softmax(kernel_logits.reshape(n * group_size, kernel_size**2, h, w), dim=1)
+
+
+def dlu_masks(kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    """The high-resolution reassembly mask (N, G*k*k, s*H, s*W) that DLU samples."""
+    n, _, h, w = kernel_logits.shape
+    s = scale_factor
+    space = _kernel_space(kernel_logits, kernel_size, group_size)
+    grid = _sampling_grid(offsets, group_size, s, h, w)
+    masks = F.grid_sample(space, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return masks.reshape(n, group_size * kernel_size**2, s * h, s * w)
+
+
+def carafe(features, masks, kernel_size, group_size, scale_factor):
+    """mmcv's CARAFE: out[c, o] = sum_j masks[g*k*k + j, o] * features[c, src(o) + tap_j]."""
+    n, c, h, w = features.shape
+    k, g, s = kernel_size, group_size, scale_factor
+    cols = F.unfold(features, k, padding=k // 2).view(n, g, c // g, k * k, h, w)
+    m = masks.reshape(n, g, k * k, h, s, w, s)
+    out = torch.einsum("ngcjhw,ngjhawb->ngchawb", cols, m)
+    return out.reshape(n, c, s * h, s * w)
+
+
+def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    masks = dlu_masks(kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    return carafe(features, masks, kernel_size, group_size, scale_factor)
+
+
+def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_factor):
+    """Gradients of `carafe` for features and masks."""
+    n, c, h, w = features.shape
+    k, g, s = kernel_size, group_size, scale_factor
+    cols = F.unfold(features, k, padding=k // 2).view(n, g, c // g, k * k, h, w)
+    go = grad_out.reshape(n, g, c // g, h, s, w, s)
+    m = masks.reshape(n, g, k * k, h, s, w, s)
+    grad_masks = torch.einsum("ngchawb,ngcjhw->ngjhawb", go, cols).reshape(n, g * k * k, s * h, s * w)
+    grad_cols = torch.einsum("ngchawb,ngjhawb->ngcjhw", go, m).reshape(n, c * k * k, h * w)
+    grad_features = F.fold(grad_cols, (h, w), k, padding=k // 2)
+    return grad_features, grad_masks
+
+
+def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    """Gradients of `dlu_upsample` for features, kernel_logits and offsets."""
+    n, _, h, w = features.shape
+    k, g, s = kernel_size, group_size, scale_factor
+    space = _kernel_space(kernel_logits, k, g)
+    grid = _sampling_grid(offsets, g, s, h, w)
+    masks = F.grid_sample(space, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    grad_features, grad_masks = carafe_backward(grad_out, features, masks.reshape(n, g * k * k, s * h, s * w), k, g, s)
+    grad_space, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+        grad_masks.reshape(masks.shape), space, grid, 0, 1, True, [True, True]
+    )  # 0: bilinear, 1: border padding
+    grad_logits = space * (grad_space - (space * grad_space).sum(1, keepdim=True))
+    # d grid / d offset is the normalisation's slope (zero for a single pixel).
+    gx = grad_grid[..., 0] * (2.0 / (w - 1) if w > 1 else 0.0)
+    gy = grad_grid[..., 1] * (2.0 / (h - 1) if h > 1 else 0.0)
+    grad_off = torch.stack((gx, gy), dim=1).reshape(n, 2 * g, s * h, s * w)
+    grad_offsets = F.pixel_unshuffle(grad_off, s)
+    return grad_features, grad_logits.reshape(kernel_logits.shape), grad_offsets
