@@ -25,9 +25,8 @@ def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr
     in_x = (px > 0) & (px < W - 1)
     # NaN must survive the clamp (it is the reference's answer); indices are clamped again
     # after the conversion so a NaN point never reads outside the image.
-    nan = tl.PropagateNan.ALL
-    py = tl.minimum(tl.maximum(py, 0.0, propagate_nan=nan), H - 1.0, propagate_nan=nan)
-    px = tl.minimum(tl.maximum(px, 0.0, propagate_nan=nan), W - 1.0, propagate_nan=nan)
+    py = tl.minimum(tl.maximum(py, 0.0, propagate_nan=tl.PropagateNan.ALL), H - 1.0, propagate_nan=tl.PropagateNan.ALL)
+    px = tl.minimum(tl.maximum(px, 0.0, propagate_nan=tl.PropagateNan.ALL), W - 1.0, propagate_nan=tl.PropagateNan.ALL)
     y0f = tl.floor(py)
     x0f = tl.floor(px)
     y0 = tl.minimum(tl.maximum(y0f.to(tl.int32), 0), H - 1)

@@ -1,0 +1,102 @@
+"""`DLU` and `CARAFEPack`: drop-in upsamplers with mmcv CARAFEPack's constructor.
+
+Initialisation follows the official code: xavier-uniform for every conv (zero bias), then
+normal(std=0.001) for the kernel predictor, and DLU's conv_offset all zero, so an untrained DLU
+gives each output pixel the kernel of its source pixel.
+"""
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import carafe, dlu_upsample
+
+
+def _check_config(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels):
+    for name, value in dict(
+        channels=channels, scale_factor=scale_factor, up_kernel=up_kernel, up_group=up_group,
+        encoder_kernel=encoder_kernel, encoder_dilation=encoder_dilation, compressed_channels=compressed_channels,
+    ).items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if up_kernel % 2 == 0:
+        raise ValueError(f"up_kernel must be odd, got {up_kernel}")
+    if encoder_kernel % 2 == 0:
+        raise ValueError(f"encoder_kernel must be odd (same padding), got {encoder_kernel}")
+    if channels % up_group:
+        raise ValueError(f"channels ({channels}) must be divisible by up_group ({up_group})")
+
+
+def _encoder(in_channels, out_channels, kernel, dilation):
+    return nn.Conv2d(in_channels, out_channels, kernel, padding=(kernel - 1) * dilation // 2, dilation=dilation)
+
+
+def _xavier(module):
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class _Upsampler(nn.Module):
+    def __init__(self, channels, scale_factor, up_kernel=5, up_group=1, encoder_kernel=3,
+                 encoder_dilation=1, compressed_channels=64):
+        super().__init__()
+        _check_config(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels)
+        self.channels = channels
+        self.scale_factor = scale_factor
+        self.up_kernel = up_kernel
+        self.up_group = up_group
+        self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
+
+    def extra_repr(self):
+        return f"channels={self.channels}, scale_factor={self.scale_factor}, up_kernel={self.up_kernel}, up_group={self.up_group}"
+
+
+class DLU(_Upsampler):
+    """Dynamic Lightweight Upsampling (Fu et al., ICPR 2024): a k*k kernel space predicted at low
+    resolution, sampled per output pixel at a learned offset, reassembling the input."""
+
+    def __init__(self, channels, scale_factor, up_kernel=5, up_group=1, encoder_kernel=3,
+                 encoder_dilation=1, compressed_channels=64):
+        super().__init__(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels)
+        self.kernel_space_generator = _encoder(
+            compressed_channels, up_group * up_kernel**2, encoder_kernel, encoder_dilation)
+        self.conv_offset = _encoder(compressed_channels, 2 * up_group * scale_factor**2, encoder_kernel, encoder_dilation)
+        self.init_weights()
+
+    def init_weights(self):
+        _xavier(self)
+        nn.init.normal_(self.kernel_space_generator.weight, std=0.001)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x):
+        c = self.channel_compressor(x)
+        return dlu_upsample(
+            x, self.kernel_space_generator(c), self.conv_offset(c), self.up_kernel, self.up_group, self.scale_factor)
+
+
+class CARAFEPack(_Upsampler):
+    """CARAFE (Wang et al., ICCV 2019) as mmcv's CARAFEPack: a full-resolution mask predicted per
+    output pixel through pixel_shuffle, softmax-normalised, reassembling the input."""
+
+    def __init__(self, channels, scale_factor, up_kernel=5, up_group=1, encoder_kernel=3,
+                 encoder_dilation=1, compressed_channels=64):
+        super().__init__(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels)
+        self.content_encoder = _encoder(
+            compressed_channels, up_kernel**2 * up_group * scale_factor**2, encoder_kernel, encoder_dilation)
+        self.init_weights()
+
+    def init_weights(self):
+        _xavier(self)
+        nn.init.normal_(self.content_encoder.weight, std=0.001)
+
+    def kernel_normalizer(self, mask):
+        mask = F.pixel_shuffle(mask, self.scale_factor)
+        n, c, h, w = mask.shape
+        return F.softmax(mask.view(n, c // self.up_kernel**2, -1, h, w), dim=2).view(n, c, h, w)
+
+    def forward(self, x):
+        mask = self.kernel_normalizer(self.content_encoder(self.channel_compressor(x)))
+        return carafe(x, mask, self.up_kernel, self.up_group, self.scale_factor)

@@ -1,0 +1,216 @@
+"""Custom ops, autograd, input validation and dispatch.
+
+`torch.ops.dlu_triton.dlu_upsample` and `torch.ops.dlu_triton.carafe` are PyTorch custom ops with
+fake implementations (so torch.compile traces them without a graph break) and autograd through
+backward custom ops. Dispatch, by the features' device:
+
+- CUDA (float32, float16, bfloat16): the fused Triton kernels, on the tensors' own device;
+- CPU with TRITON_INTERPRET=1 set before import: the same Triton kernels in Triton's interpreter;
+- otherwise (CPU, or float64 on CUDA): the PyTorch reference.
+
+Every check runs in Python before any kernel launches and raises TypeError or ValueError naming
+the argument.
+"""
+import os
+
+import torch
+
+from . import reference
+from .kernels import backward as bwd_kernels
+from .kernels import forward as fwd_kernels
+from .kernels.common import new_output, output_format
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _use_triton(t):
+    if t.device.type == "cuda":
+        return t.dtype != torch.float64
+    return t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_shape(name, t, expected, meaning):
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {meaning} = {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def _check_common(tensors, kernel_size, group_size, scale_factor):
+    """Types, ranks, dtypes, devices and the integer arguments shared by both ops."""
+    _check_int("kernel_size", kernel_size, 1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    _check_int("group_size", group_size, 1)
+    _check_int("scale_factor", scale_factor, 1)
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (N, C, H, W), got {t.dim()}-D with shape {tuple(t.shape)}")
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    (first, f), *rest = tensors.items()
+    for name, t in rest:
+        if t.dtype != f.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first} has {f.dtype}; they must match")
+        if t.device != f.device:
+            raise ValueError(f"{name} is on {t.device} but {first} is on {f.device}; they must match")
+        if t.shape[0] != f.shape[0]:
+            raise ValueError(f"{name} has batch size {t.shape[0]} but {first} has {f.shape[0]}; they must match")
+    n, c, h, w = f.shape
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"{first} must have C, H, W >= 1, got shape {tuple(f.shape)}")
+    if c % group_size:
+        raise ValueError(f"{first} channels ({c}) must be divisible by group_size ({group_size})")
+
+
+def check_dlu(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    tensors = dict(features=features, kernel_logits=kernel_logits, offsets=offsets)
+    _check_common(tensors, kernel_size, group_size, scale_factor)
+    n, _, h, w = features.shape
+    k, g, s = kernel_size, group_size, scale_factor
+    _check_shape("kernel_logits", kernel_logits, (n, g * k * k, h, w), "(N, group_size*kernel_size**2, H, W)")
+    _check_shape("offsets", offsets, (n, 2 * g * s * s, h, w), "(N, 2*group_size*scale_factor**2, H, W)")
+
+
+def check_carafe(features, masks, kernel_size, group_size, scale_factor):
+    _check_common(dict(features=features, masks=masks), kernel_size, group_size, scale_factor)
+    n, _, h, w = features.shape
+    k, g, s = kernel_size, group_size, scale_factor
+    _check_shape("masks", masks, (n, g * k * k, s * h, s * w), "(N, group_size*kernel_size**2, s*H, s*W)")
+
+
+def _upsampled(features, scale_factor):
+    n, c, h, w = features.shape
+    return new_output(features, (n, c, scale_factor * h, scale_factor * w))
+
+
+def _match_layout(t, like):
+    """The reference's result in the layout the fake implementation promises."""
+    return t.contiguous(memory_format=output_format(like))
+
+
+# ---------------------------------------------------------------- DLU
+
+
+@torch.library.custom_op("dlu_triton::dlu_upsample", mutates_args=())
+def _dlu_upsample(
+    features: torch.Tensor, kernel_logits: torch.Tensor, offsets: torch.Tensor,
+    kernel_size: int, group_size: int, scale_factor: int,
+) -> torch.Tensor:
+    check_dlu(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    if _use_triton(features):
+        return fwd_kernels.dlu_forward(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    out = reference.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    return _match_layout(out, features)
+
+
+@_dlu_upsample.register_fake
+def _(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    check_dlu(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    return _upsampled(features, scale_factor)
+
+
+@torch.library.custom_op("dlu_triton::dlu_upsample_backward", mutates_args=())
+def _dlu_upsample_backward(
+    grad_out: torch.Tensor, features: torch.Tensor, kernel_logits: torch.Tensor, offsets: torch.Tensor,
+    kernel_size: int, group_size: int, scale_factor: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    if _use_triton(features):
+        return bwd_kernels.dlu_backward(grad_out, *args)
+    grads = reference.dlu_upsample_backward(grad_out, *args)
+    return tuple(_match_layout(gr, t) for gr, t in zip(grads, args[:3]))
+
+
+@_dlu_upsample_backward.register_fake
+def _(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    return tuple(new_output(t, t.shape) for t in (features, kernel_logits, offsets))
+
+
+def _dlu_setup_context(ctx, inputs, output):
+    features, kernel_logits, offsets, *ctx.config = inputs
+    ctx.save_for_backward(features, kernel_logits, offsets)
+
+
+def _dlu_backward(ctx, grad_out):
+    grads = torch.ops.dlu_triton.dlu_upsample_backward(grad_out, *ctx.saved_tensors, *ctx.config)
+    return *grads, None, None, None
+
+
+_dlu_upsample.register_autograd(_dlu_backward, setup_context=_dlu_setup_context)
+
+
+# ---------------------------------------------------------------- CARAFE
+
+
+@torch.library.custom_op("dlu_triton::carafe", mutates_args=())
+def _carafe(
+    features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_size: int, scale_factor: int,
+) -> torch.Tensor:
+    check_carafe(features, masks, kernel_size, group_size, scale_factor)
+    if _use_triton(features):
+        return fwd_kernels.carafe_forward(features, masks, kernel_size, group_size, scale_factor)
+    return _match_layout(reference.carafe(features, masks, kernel_size, group_size, scale_factor), features)
+
+
+@_carafe.register_fake
+def _(features, masks, kernel_size, group_size, scale_factor):
+    check_carafe(features, masks, kernel_size, group_size, scale_factor)
+    return _upsampled(features, scale_factor)
+
+
+@torch.library.custom_op("dlu_triton::carafe_backward", mutates_args=())
+def _carafe_backward(
+    grad_out: torch.Tensor, features: torch.Tensor, masks: torch.Tensor,
+    kernel_size: int, group_size: int, scale_factor: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    args = (features, masks, kernel_size, group_size, scale_factor)
+    if _use_triton(features):
+        return bwd_kernels.carafe_backward(grad_out, *args)
+    grads = reference.carafe_backward(grad_out, *args)
+    return tuple(_match_layout(gr, t) for gr, t in zip(grads, args[:2]))
+
+
+@_carafe_backward.register_fake
+def _(grad_out, features, masks, kernel_size, group_size, scale_factor):
+    return tuple(new_output(t, t.shape) for t in (features, masks))
+
+
+def _carafe_setup_context(ctx, inputs, output):
+    features, masks, *ctx.config = inputs
+    ctx.save_for_backward(features, masks)
+
+
+def _carafe_bwd(ctx, grad_out):
+    grads = torch.ops.dlu_triton.carafe_backward(grad_out, *ctx.saved_tensors, *ctx.config)
+    return *grads, None, None, None
+
+
+_carafe.register_autograd(_carafe_bwd, setup_context=_carafe_setup_context)
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def dlu_upsample(features, kernel_logits, offsets, kernel_size=5, group_size=1, scale_factor=2):
+    """Dynamic Lightweight Upsampling of `features` (N, C, H, W) to (N, C, s*H, s*W).
+
+    kernel_logits: (N, G*k*k, H, W), unnormalised; softmax runs over each group's k*k channels.
+    offsets: (N, 2*G*s*s, H, W), in low-resolution pixels, laid out as pixel_shuffle lays them
+    out (channel (2g)*s*s + sy*s + sx is x, (2g+1)*s*s + ... is y).
+    """
+    check_dlu(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    return torch.ops.dlu_triton.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+
+
+def carafe(features, masks, kernel_size, group_size, scale_factor):
+    """CARAFE reassembly with mmcv's arguments: masks (N, G*k*k, s*H, s*W), already normalised."""
+    check_carafe(features, masks, kernel_size, group_size, scale_factor)
+    return torch.ops.dlu_triton.carafe(features, masks, kernel_size, group_size, scale_factor)
