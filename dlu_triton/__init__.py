@@ -1,6 +1,7 @@
 """Fused Triton kernels for Dynamic Lightweight Upsampling (DLU) and CARAFE."""
+from . import flops  # noqa: F401  (registers the ops' FLOP formulas)
 from .modules import CARAFEPack, DLU
 from .ops import carafe, dlu_upsample
 
-__all__ = ["dlu_upsample", "carafe", "DLU", "CARAFEPack"]
+__all__ = ["dlu_upsample", "carafe", "DLU", "CARAFEPack", "flops"]
 __version__ = "0.1.0"

@@ -89,6 +89,7 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
     # d grid / d offset is the normalisation's slope (zero for a single pixel).
     gx = grad_grid[..., 0] * (2.0 / (w - 1) if w > 1 else 0.0)
     gy = grad_grid[..., 1] * (2.0 / (h - 1) if h > 1 else 0.0)
-    grad_off = torch.stack((gx, gy), dim=1).reshape(n, 2 * g, s * h, s * w)
-    grad_offsets = F.pixel_unshuffle(grad_off, s)
+    grad_off = torch.stack((gx, gy), dim=1).reshape(n, 2 * g, h, s, w, s)
+    # pixel_unshuffle, spelled out: F.pixel_unshuffle returns an empty batch unreshaped.
+    grad_offsets = grad_off.permute(0, 1, 3, 5, 2, 4).reshape(n, 2 * g * s * s, h, w)
     return grad_features, grad_logits.reshape(kernel_logits.shape), grad_offsets

@@ -15,8 +15,9 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
        dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
    so every input pixel is written once, without atomics.
 
-Grids: step 1 runs one program per (image, BLOCK_P source pixels, BLOCK_S sub-pixels, group) and
-loops over the group's channels; step 2 one per (image, BLOCK_P input pixels, BLOCK_C channels).
+Grids: step 1 runs one program per (output row, BLOCK_Q pixels of it, group) and loops over the
+group's channels into a [BLOCK_Q, k*k] accumulator; step 2 one per (input row, BLOCK_Q pixels of
+it, BLOCK_C channels) and loops over taps and sub-pixels.
 """
 import torch
 import triton
@@ -30,11 +31,11 @@ from .common import (
 @triton.jit
 def _scatter_logit_grad(d_base, corner, pc, wc, dk, ok):
     """Softmax backward of one corner's share, w_c * P_c * (dK - <P_c, dK>), added to its logits."""
-    dl = wc[:, :, None] * pc * (dk - tl.sum(pc * dk, axis=2)[:, :, None])
-    tl.atomic_add(d_base + corner[:, :, None], dl, mask=ok & (wc != 0.0)[:, :, None], sem="relaxed")
+    dl = wc[:, None] * pc * (dk - tl.sum(pc * dk, axis=1)[:, None])
+    tl.atomic_add(d_base + corner[:, None], dl, mask=ok & (wc != 0.0)[:, None], sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
 def _mask_grad_kernel(
     gy_ptr, x_ptr, l_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dy; features; logits; offsets;
     # K out (DLU) or mask gradient out (CARAFE); logits-gradient accumulator; offsets gradient
@@ -49,74 +50,72 @@ def _mask_grad_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
-    BLOCK_P: tl.constexpr,  # source pixels per program
-    BLOCK_S: tl.constexpr,  # sub-pixels per program
+    BLOCK_Q: tl.constexpr,  # output pixels (of one row) per program
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
-    n_pblocks = tl.cdiv(H * W, BLOCK_P)
-    n = (tl.program_id(0) // n_pblocks).to(IDX)
-    p = (tl.program_id(0) % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    sub = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-    g = tl.program_id(2)
-    p_ok = p < H * W
-    ok = p_ok[:, None] & (sub < S * S)[None, :]  # [P, S]
-    iy = (p // W).to(IDX)
-    ix = (p % W).to(IDX)
-    oy = iy[:, None] * S + (sub // S)[None, :]
-    ox = ix[:, None] * S + (sub % S)[None, :]
+    n_qblocks = tl.cdiv(W * S, BLOCK_Q)
+    row = tl.program_id(0) // n_qblocks  # n * s*H + oy
+    oy = (row % (H * S)).to(IDX)
+    n = (row // (H * S)).to(IDX)
+    ox = ((tl.program_id(0) % n_qblocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(IDX)
+    g = tl.program_id(1)
+    q_ok = ox < W * S
+    iy = oy // S
+    ix = ox // S
     j = tl.arange(0, KKP)
     j_ok = j < KK
-    ty = iy[:, None] + (j // KS - R)[None, :]  # [P, KKP] tap positions
-    tx = ix[:, None] + (j % KS - R)[None, :]
-    t_ok = p_ok[:, None] & j_ok[None, :] & (ty >= 0) & (ty < H) & (tx >= 0) & (tx < W)
+    ty = iy + (j // KS - R)  # [KKP] tap rows
+    tx = ix[:, None] + (j % KS - R)[None, :]  # [Q, KKP] tap columns
+    t_ok = (q_ok[:, None] & (tx >= 0) & (tx < W)) & (j_ok & (ty >= 0) & (ty < H))[None, :]
 
-    dk = tl.zeros((BLOCK_P, BLOCK_S, KKP), dtype=ACC)
+    dk = tl.zeros((BLOCK_Q, KKP), dtype=ACC)
     gy_base = gy_ptr + n * sgn + oy * sgy + ox * sgx
-    x_base = x_ptr + n * sxn + ty * sxy + tx * sxx
+    x_base = x_ptr + n * sxn + ty[None, :] * sxy + tx * sxx
     for ci in range(CPG):
         c = (g * CPG + ci).to(IDX)
-        dyc = tl.load(gy_base + c * sgc, mask=ok, other=0.0).to(ACC)
+        dyc = tl.load(gy_base + c * sgc, mask=q_ok, other=0.0).to(ACC)
         xc = tl.load(x_base + c * sxc, mask=t_ok, other=0.0).to(ACC)
-        dk += dyc[:, :, None] * xc[:, None, :]
+        dk += dyc[:, None] * xc
 
-    pj_ok = ok[:, :, None] & j_ok[None, None, :]
-    k_out = k_ptr + n * skn + (oy * sky + ox * skx)[:, :, None] + ((g * KK + j) * skc)[None, None, :]
+    qj_ok = q_ok[:, None] & j_ok[None, :]
+    k_out = k_ptr + n * skn + (oy * sky + ox * skx)[:, None] + ((g * KK + j) * skc)[None, :]
     if FROM_LOGITS:
-        off_base = off_ptr + n * son + (iy * soy + ix * sox)[:, None]
-        y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC)
+        sub = (oy % S) * S + ox % S
+        y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(
+            off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
         l_base = l_ptr + n * sln
-        p00 = corner_softmax(l_base, y0.to(IDX) * sly + x0.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
-        p01 = corner_softmax(l_base, y0.to(IDX) * sly + x1.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
-        p10 = corner_softmax(l_base, y1.to(IDX) * sly + x0.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
-        p11 = corner_softmax(l_base, y1.to(IDX) * sly + x1.to(IDX) * slx, g, ok, slc, KK, KKP, ACC)
+        p00 = corner_softmax(l_base, y0.to(IDX) * sly + x0.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
+        p01 = corner_softmax(l_base, y0.to(IDX) * sly + x1.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
+        p10 = corner_softmax(l_base, y1.to(IDX) * sly + x0.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
+        p11 = corner_softmax(l_base, y1.to(IDX) * sly + x1.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
         w00 = (1.0 - fy) * (1.0 - fx)
         w01 = (1.0 - fy) * fx
         w10 = fy * (1.0 - fx)
         w11 = fy * fx
-        kern = w00[:, :, None] * p00 + w01[:, :, None] * p01 + w10[:, :, None] * p10 + w11[:, :, None] * p11
-        tl.store(k_out, kern.to(k_ptr.dtype.element_ty), mask=pj_ok)
+        kern = w00[:, None] * p00 + w01[:, None] * p01 + w10[:, None] * p10 + w11[:, None] * p11
+        tl.store(k_out, kern.to(k_ptr.dtype.element_ty), mask=qj_ok)
 
-        d_px = tl.sum(dk * ((1.0 - fy)[:, :, None] * (p01 - p00) + fy[:, :, None] * (p11 - p10)), axis=2)
-        d_py = tl.sum(dk * ((1.0 - fx)[:, :, None] * (p10 - p00) + fx[:, :, None] * (p11 - p01)), axis=2)
-        e_base = doff_ptr + n * sen + (iy * sey + ix * sex)[:, None]
-        e_ch = 2 * g * S * S + sub[None, :]
+        d_px = tl.sum(dk * ((1.0 - fy)[:, None] * (p01 - p00) + fy[:, None] * (p11 - p10)), axis=1)
+        d_py = tl.sum(dk * ((1.0 - fx)[:, None] * (p10 - p00) + fx[:, None] * (p11 - p01)), axis=1)
+        e_base = doff_ptr + n * sen + iy * sey + ix * sex
+        e_ch = 2 * g * S * S + sub
         doff_ty = doff_ptr.dtype.element_ty
-        tl.store(e_base + e_ch * sec, (d_px * in_x.to(ACC)).to(doff_ty), mask=ok)
-        tl.store(e_base + (e_ch + S * S) * sec, (d_py * in_y.to(ACC)).to(doff_ty), mask=ok)
+        tl.store(e_base + e_ch * sec, (d_px * in_x.to(ACC)).to(doff_ty), mask=q_ok)
+        tl.store(e_base + (e_ch + S * S) * sec, (d_py * in_y.to(ACC)).to(doff_ty), mask=q_ok)
 
-        d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, None, :]
-        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x0.to(IDX) * sdx, p00, w00, dk, pj_ok)
-        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x1.to(IDX) * sdx, p01, w01, dk, pj_ok)
-        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x0.to(IDX) * sdx, p10, w10, dk, pj_ok)
-        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x1.to(IDX) * sdx, p11, w11, dk, pj_ok)
+        d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, :]
+        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x0.to(IDX) * sdx, p00, w00, dk, qj_ok)
+        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x1.to(IDX) * sdx, p01, w01, dk, qj_ok)
+        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x0.to(IDX) * sdx, p10, w10, dk, qj_ok)
+        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x1.to(IDX) * sdx, p11, w11, dk, qj_ok)
     else:
-        tl.store(k_out, dk.to(k_ptr.dtype.element_ty), mask=pj_ok)
+        tl.store(k_out, dk.to(k_ptr.dtype.element_ty), mask=qj_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
 def _feature_grad_kernel(
     gy_ptr, k_ptr, dx_ptr,  # dy; K (masks); features gradient
     sgn, sgc, sgy, sgx,  # dy strides
@@ -124,45 +123,43 @@ def _feature_grad_kernel(
     sdn, sdc, sdy, sdx,  # features-gradient strides
     H, W, CPG, S,  # low-resolution size, channels per group, scale factor
     KS: tl.constexpr,  # kernel size k
-    BLOCK_P: tl.constexpr,  # input pixels per program
-    BLOCK_S: tl.constexpr,  # sub-pixels per inner step
+    BLOCK_Q: tl.constexpr,  # input pixels (of one row) per program
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
-    n_pblocks = tl.cdiv(H * W, BLOCK_P)
+    n_qblocks = tl.cdiv(W, BLOCK_Q)
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
-    n = (tl.program_id(0) // n_pblocks).to(IDX)
-    p = (tl.program_id(0) % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    row = tl.program_id(0) // n_qblocks  # n * H + iy
+    iy = (row % H).to(IDX)
+    n = (row // H).to(IDX)
+    ix = ((tl.program_id(0) % n_qblocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(IDX)
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    p_ok = p < H * W
+    p_ok = ix < W
     c_ok = cg < CPG
-    iy = (p // W).to(IDX)
-    ix = (p % W).to(IDX)
 
-    acc = tl.zeros((BLOCK_C, BLOCK_P, BLOCK_S), dtype=ACC)
-    gy_base = gy_ptr + n * sgn + c[:, None, None] * sgc
+    acc = tl.zeros((BLOCK_C, BLOCK_Q), dtype=ACC)
+    gy_base = gy_ptr + n * sgn + c[:, None] * sgc
     k_base = k_ptr + n * skn
     for j in range(KK):
         # The output pixels whose tap j reads pixel p have source pixel p - d_j.
         qy = iy - (j // KS - R)
         qx = ix - (j % KS - R)
-        q_ok = p_ok & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
-        for s0 in range(0, S * S, BLOCK_S):
-            sub = s0 + tl.arange(0, BLOCK_S)
-            ok = q_ok[:, None] & (sub < S * S)[None, :]
-            oy = qy[:, None] * S + (sub // S)[None, :]
-            ox = qx[:, None] * S + (sub % S)[None, :]
-            kj = tl.load(k_base + (g * KK + j) * skc + oy * sky + ox * skx, mask=ok, other=0.0).to(ACC)
-            dy = tl.load(gy_base + (oy * sgy + ox * sgx)[None, :, :], mask=c_ok[:, None, None] & ok[None, :, :], other=0.0)
-            acc += dy.to(ACC) * kj[None, :, :]
+        q_ok = tl.where((qy >= 0) & (qy < H), p_ok & (qx >= 0) & (qx < W), False)
+        kq_ok = c_ok[:, None] & q_ok[None, :]
+        for t in range(S * S):
+            oy = qy * S + t // S
+            ox = qx * S + t % S
+            kj = tl.load(k_base + (g * KK + j) * skc + oy * sky + ox * skx, mask=q_ok, other=0.0).to(ACC)
+            dy = tl.load(gy_base + (oy * sgy + ox * sgx)[None, :], mask=kq_ok, other=0.0)
+            acc += dy.to(ACC) * kj[None, :]
 
     dx = dx_ptr + n * sdn + c[:, None] * sdc + (iy * sdy + ix * sdx)[None, :]
-    tl.store(dx, tl.sum(acc, axis=2).to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
+    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
 
 
 def _mask_grad(grad_out, features, logits, offsets, k_out, dlogits, doffsets, kernel_size, group_size, scale_factor):
@@ -170,27 +167,27 @@ def _mask_grad(grad_out, features, logits, offsets, k_out, dlogits, doffsets, ke
     s = scale_factor
     from_logits = logits is not None
     logits, offsets, dlogits, doffsets = (t if from_logits else k_out for t in (logits, offsets, dlogits, doffsets))
-    _, block_p, block_s, warps = block_config(c // group_size, s)
-    grid = (n * triton.cdiv(h * w, block_p), triton.cdiv(s * s, block_s), group_size)
+    block_q = block_config(c // group_size, s * w, kernel_size)[2]
+    grid = (n * s * h * triton.cdiv(s * w, block_q), group_size)
     tensors = (grad_out, features, logits, offsets, k_out, dlogits, doffsets)
     _mask_grad_kernel[grid](
         *tensors, *(st for t in tensors for st in t.stride()),
         h, w, c // group_size, s,
         KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
-        BLOCK_P=block_p, BLOCK_S=block_s, ACC=acc_dtype(features), IDX=index_dtype(*tensors),
-        num_warps=warps,
+        BLOCK_Q=block_q, ACC=acc_dtype(features), IDX=index_dtype(*tensors),
+        num_warps=4,
     )
 
 
 def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_factor):
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
-    block_c, block_p, block_s, warps = block_config(cpg, scale_factor)
-    grid = (n * triton.cdiv(h * w, block_p), group_size * triton.cdiv(cpg, block_c))
+    block_c, block_q, _, warps = block_config(cpg, w, kernel_size)
+    grid = (n * h * triton.cdiv(w, block_q), group_size * triton.cdiv(cpg, block_c))
     _feature_grad_kernel[grid](
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
         h, w, cpg, scale_factor,
-        KS=kernel_size, BLOCK_P=block_p, BLOCK_S=block_s, BLOCK_C=block_c,
+        KS=kernel_size, BLOCK_Q=block_q, BLOCK_C=block_c,
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
         num_warps=warps,
     )
@@ -204,7 +201,7 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
     doffsets = new_output(offsets, offsets.shape)
     if features.numel() == 0:
         return dfeatures, new_output(kernel_logits, kernel_logits.shape), doffsets
-    masks = torch.empty((n, group_size * kk, s * h, s * w), dtype=acc, device=features.device)
+    masks = new_output(features, (n, group_size * kk, s * h, s * w), dtype=acc)
     dlogits = torch.zeros(kernel_logits.shape, dtype=acc, device=features.device)
     _mask_grad(grad_out, features, kernel_logits, offsets, masks, dlogits, doffsets, kernel_size, group_size, s)
     _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, s)

@@ -15,12 +15,12 @@ import triton.language as tl
 
 @triton.jit
 def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr):
-    """Corner indices, fractions and strictly-inside flags of the sampling points, all [P, S]."""
-    ch = 2 * g * S * S + sub[None, :]
+    """Corner indices, fractions and strictly-inside flags of a row of sampling points, all [Q]."""
+    ch = 2 * g * S * S + sub
     dx = tl.load(off_base + ch * soc, mask=ok, other=0.0).to(ACC)
     dy = tl.load(off_base + (ch + S * S) * soc, mask=ok, other=0.0).to(ACC)
-    py = iy[:, None].to(ACC) + dy
-    px = ix[:, None].to(ACC) + dx
+    py = iy + dy
+    px = ix + dx
     in_y = (py > 0) & (py < H - 1)
     in_x = (px > 0) & (px < W - 1)
     # NaN must survive the clamp (it is the reference's answer); indices are clamped again
@@ -38,27 +38,27 @@ def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr
 
 @triton.jit
 def corner_logits(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """The k*k logits of group g at each point's corner, [P, S, KKP]; padding taps are -inf."""
+    """The k*k logits of group g at each point's corner, times log2(e), [Q, KKP]; padding is -inf."""
     j = tl.arange(0, KKP)
-    j_ok = (j < KK)[None, None, :]
-    v = tl.load(l_base + corner[:, :, None] + ((g * KK + j) * slc)[None, None, :], mask=ok[:, :, None] & j_ok, other=0.0)
-    return tl.where(j_ok, v.to(ACC), float("-inf"))
+    j_ok = (j < KK)[None, :]
+    v = tl.load(l_base + corner[:, None] + ((g * KK + j) * slc)[None, :], mask=ok[:, None] & j_ok, other=0.0)
+    return tl.where(j_ok, v.to(ACC) * 1.4426950408889634, float("-inf"))
 
 
 @triton.jit
-def corner_lse(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """log-sum-exp of a corner's logits, [P, S]: subtracting it is the softmax."""
+def corner_lse2(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
+    """Base-2 log-sum-exp of a corner's logits, [Q]: exp2(l * log2(e) - lse2) is the softmax."""
     v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
-    m = tl.max(v, axis=2)
-    return m + tl.log(tl.sum(tl.exp(v - m[:, :, None]), axis=2))
+    m = tl.max(v, axis=1)
+    return m + tl.log2(tl.sum(tl.exp2(v - m[:, None]), axis=1))
 
 
 @triton.jit
 def corner_softmax(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """Softmax over a corner's logits, [P, S, KKP] (zero on padding taps)."""
+    """Softmax over a corner's logits, [Q, KKP] (zero on padding taps)."""
     v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
-    e = tl.exp(v - tl.max(v, axis=2)[:, :, None])
-    return e / tl.sum(e, axis=2)[:, :, None]
+    e = tl.exp2(v - tl.max(v, axis=1)[:, None])
+    return e / tl.sum(e, axis=1)[:, None]
 
 
 def output_format(like):
@@ -89,13 +89,15 @@ def taps_padded(kernel_size):
     return triton.next_power_of_2(kernel_size * kernel_size)
 
 
-def block_config(channels_per_group, scale_factor):
-    """BLOCK_C, BLOCK_P, BLOCK_S and warps: the one place block sizes are chosen.
+def block_config(channels_per_group, row_length, kernel_size):
+    """The one place block sizes are chosen: (BLOCK_C, BLOCK_Q, BLOCK_QK, num_warps).
 
-    A program accumulates BLOCK_C x BLOCK_P x BLOCK_S outputs (about 4096, 32 fp32 registers a
-    thread at 4 warps); a wide BLOCK_C amortises DLU's per-pixel kernel sampling over channels.
+    Reassembly tiles are BLOCK_C channels x BLOCK_Q pixels of one row (about 8192 fp32 outputs,
+    32 registers a thread at 8 warps); a wide BLOCK_C amortises DLU's kernel sampling over
+    channels. BLOCK_QK sizes the [pixels, k*k] tiles of the mask-gradient kernel.
     """
-    block_s = min(triton.next_power_of_2(scale_factor * scale_factor), 16)
-    block_c = min(triton.next_power_of_2(channels_per_group), 128)
-    block_p = max(1, min(64, 4096 // (block_c * block_s)))
-    return block_c, block_p, block_s, 4
+    block_c = min(triton.next_power_of_2(channels_per_group), 256)
+    block_q = max(16, min(64, 8192 // block_c, triton.next_power_of_2(row_length)))
+    block_qk = max(16, min(64, 2048 // taps_padded(kernel_size), triton.next_power_of_2(row_length)))
+    warps = 8 if block_c * block_q >= 8192 else 4
+    return block_c, block_q, block_qk, warps

@@ -13,21 +13,21 @@ CARAFE loads K from `masks`. DLU builds it in registers (common.py has the sampl
 
 so neither the softmaxed kernel space nor the high-resolution mask ever reaches global memory.
 
-Program: image n, BLOCK_P source pixels, BLOCK_S of their s*s sub-pixels, BLOCK_C channels of
-one group. Each tap's features [BLOCK_C, BLOCK_P] are loaded once and reused by all BLOCK_S
-sub-pixels; DLU's per-point log-sum-exp (4 corners) is computed once and amortised over BLOCK_C
-channels, after which a tap costs 4 gathers and 4 exps per point. Accumulation is in fp32
-(fp64 for fp64 inputs); the store casts to the output dtype.
+Program: one output row oy of image n, BLOCK_Q pixels of it, BLOCK_C channels of one group, so
+the store is a coalesced [BLOCK_C, BLOCK_Q] tile and the tap rows are scalars. For DLU each point
+first takes the base-2 log-sum-exp of its 4 corners' logits; a tap then costs 4 gathers and
+4 exp2 per point, shared by the program's BLOCK_C channels. Accumulation is in fp32 (fp64 for
+fp64 inputs); the store casts to the output dtype.
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    acc_dtype, block_config, corner_lse, index_dtype, new_output, sampling_point, taps_padded,
+    acc_dtype, block_config, corner_lse2, index_dtype, new_output, sampling_point, taps_padded,
 )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
 def _reassemble_kernel(
     x_ptr, k_ptr, off_ptr, out_ptr,  # features; logits (DLU) or masks (CARAFE); offsets (DLU); output
     sxn, sxc, sxy, sxx,  # features strides
@@ -38,43 +38,40 @@ def _reassemble_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU, sample K from logits and offsets; 0: CARAFE, load K
-    BLOCK_P: tl.constexpr,  # source pixels per program
-    BLOCK_S: tl.constexpr,  # sub-pixels per program
+    BLOCK_Q: tl.constexpr,  # output pixels (of one row) per program
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype (int64 only for huge tensors)
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
-    n_pblocks = tl.cdiv(H * W, BLOCK_P)
+    n_qblocks = tl.cdiv(W * S, BLOCK_Q)
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
-    n = (tl.program_id(0) // n_pblocks).to(IDX)
-    p = (tl.program_id(0) % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    sub = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-    g = tl.program_id(2) // n_cblocks
-    cg = (tl.program_id(2) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row = tl.program_id(0) // n_qblocks  # n * s*H + oy
+    oy = (row % (H * S)).to(IDX)
+    n = (row // (H * S)).to(IDX)
+    ox = ((tl.program_id(0) % n_qblocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(IDX)
+    g = tl.program_id(1) // n_cblocks
+    cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    p_ok = p < H * W
+    q_ok = ox < W * S
     c_ok = cg < CPG
-    ok = p_ok[:, None] & (sub < S * S)[None, :]  # [P, S]
-    iy = (p // W).to(IDX)
-    ix = (p % W).to(IDX)
-    oy = iy[:, None] * S + (sub // S)[None, :]
-    ox = ix[:, None] * S + (sub % S)[None, :]
+    iy = oy // S
+    ix = ox // S
     k_base = k_ptr + n * skn
 
     if FROM_LOGITS:
+        sub = (oy % S) * S + ox % S
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
-            off_ptr + n * son + (iy * soy + ix * sox)[:, None], g, iy, ix, sub, ok, soc, H, W, S, ACC
-        )
+            off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
         a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
         a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
         a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
         a11 = y1.to(IDX) * sky + x1.to(IDX) * skx
-        lse00 = corner_lse(k_base, a00, g, ok, skc, KK, KKP, ACC)
-        lse01 = corner_lse(k_base, a01, g, ok, skc, KK, KKP, ACC)
-        lse10 = corner_lse(k_base, a10, g, ok, skc, KK, KKP, ACC)
-        lse11 = corner_lse(k_base, a11, g, ok, skc, KK, KKP, ACC)
+        lse00 = corner_lse2(k_base, a00, g, q_ok, skc, KK, KKP, ACC)
+        lse01 = corner_lse2(k_base, a01, g, q_ok, skc, KK, KKP, ACC)
+        lse10 = corner_lse2(k_base, a10, g, q_ok, skc, KK, KKP, ACC)
+        lse11 = corner_lse2(k_base, a11, g, q_ok, skc, KK, KKP, ACC)
         w00 = (1.0 - fy) * (1.0 - fx)
         w01 = (1.0 - fy) * fx
         w10 = fy * (1.0 - fx)
@@ -82,25 +79,26 @@ def _reassemble_kernel(
     else:
         a_out = oy * sky + ox * skx
 
-    acc = tl.zeros((BLOCK_C, BLOCK_P, BLOCK_S), dtype=ACC)
+    acc = tl.zeros((BLOCK_C, BLOCK_Q), dtype=ACC)
     x_base = x_ptr + n * sxn + c[:, None] * sxc
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
         if FROM_LOGITS:
-            kj = w00 * tl.exp(tl.load(t_base + a00, mask=ok, other=0.0).to(ACC) - lse00)
-            kj += w01 * tl.exp(tl.load(t_base + a01, mask=ok, other=0.0).to(ACC) - lse01)
-            kj += w10 * tl.exp(tl.load(t_base + a10, mask=ok, other=0.0).to(ACC) - lse10)
-            kj += w11 * tl.exp(tl.load(t_base + a11, mask=ok, other=0.0).to(ACC) - lse11)
+            kj = w00 * tl.exp2(tl.load(t_base + a00, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse00)
+            kj += w01 * tl.exp2(tl.load(t_base + a01, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse01)
+            kj += w10 * tl.exp2(tl.load(t_base + a10, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse10)
+            kj += w11 * tl.exp2(tl.load(t_base + a11, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse11)
         else:
-            kj = tl.load(t_base + a_out, mask=ok, other=0.0).to(ACC)
-        fy_ = iy + (j // KS - R)
-        fx_ = ix + (j % KS - R)
-        f_ok = p_ok & (fy_ >= 0) & (fy_ < H) & (fx_ >= 0) & (fx_ < W)
-        f = tl.load(x_base + (fy_ * sxy + fx_ * sxx)[None, :], mask=c_ok[:, None] & f_ok[None, :], other=0.0)
-        acc += f.to(ACC)[:, :, None] * kj[None, :, :]
+            kj = tl.load(t_base + a_out, mask=q_ok, other=0.0).to(ACC)
+        ty = iy + (j // KS - R)
+        tx = ix + (j % KS - R)
+        # where(), not &: the interpreter mistypes a tensor & a scalar bool
+        t_ok = tl.where((ty >= 0) & (ty < H), q_ok & (tx >= 0) & (tx < W), False)
+        f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
+        acc += f.to(ACC) * kj[None, :]
 
-    out = out_ptr + n * sun + c[:, None, None] * suc + (oy * suy + ox * sux)[None, :, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None, None] & ok[None, :, :])
+    out = out_ptr + n * sun + c[:, None] * suc + (oy * suy + ox * sux)[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & q_ok[None, :])
 
 
 def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
@@ -112,14 +110,14 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     from_logits = offsets is not None
     off = offsets if from_logits else kernels  # CARAFE never reads it
     cpg = c // group_size
-    block_c, block_p, block_s, warps = block_config(cpg, s)
-    grid = (n * triton.cdiv(h * w, block_p), triton.cdiv(s * s, block_s), group_size * triton.cdiv(cpg, block_c))
+    block_c, block_q, _, warps = block_config(cpg, s * w, kernel_size)
+    grid = (n * s * h * triton.cdiv(s * w, block_q), group_size * triton.cdiv(cpg, block_c))
     _reassemble_kernel[grid](
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
         h, w, cpg, s,
         KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
-        BLOCK_P=block_p, BLOCK_S=block_s, BLOCK_C=block_c,
+        BLOCK_Q=block_q, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
         num_warps=warps,
     )

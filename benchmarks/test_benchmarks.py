@@ -1,0 +1,114 @@
+"""The benchmark suite: `pytest benchmarks --benchmark-enable --benchmark-only` on a GPU.
+
+Each case records in extra_info the minimal bytes (inputs read once, outputs written once), the
+achieved GB/s and the fraction of the bandwidth floor (bytes / copy bandwidth measured in the same
+run), the FLOPs, and triton.testing.do_bench's median and 20/80% quantiles. On CPU the cases
+shrink to tiny shapes so CI can smoke-run them with --benchmark-disable.
+"""
+import pytest
+import torch
+
+from dlu_triton import benchmark as B
+from dlu_triton import flops, ops, reference
+
+from .conftest import DEVICE
+
+GPU = DEVICE == "cuda"
+# (N, C, H, W, k, s): the issue's anchors, an FPN top-down path, s = 4/8/16 near 384x384, and k = 3.
+ANCHORS = [(2, 256, 128, 128, 5, 2), (8, 256, 100, 152, 5, 2), (1, 256, 16, 16, 5, 16)]
+FPN = [(2, 256, 25, 38, 5, 2), (2, 256, 50, 76, 5, 2), (2, 256, 100, 152, 5, 2), (2, 256, 200, 304, 5, 2)]
+SCALES = [(2, 256, 96, 96, 5, 4), (2, 256, 48, 48, 5, 8), (2, 256, 24, 24, 5, 16)]
+K3 = [(2, 256, 100, 152, 3, 2)]
+SHAPES = ANCHORS + FPN + SCALES + K3 if GPU else [(1, 8, 4, 5, 3, 2), (1, 4, 2, 2, 3, 4)]
+LOW_SHAPES = ([(2, 256, 128, 128, 5, 2), (2, 256, 24, 24, 5, 16)] if GPU else SHAPES[:1])
+MODULE_SCALES = [2, 4, 8, 16]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CASES = [(shape, "float32") for shape in SHAPES] + [(shape, d) for shape in LOW_SHAPES for d in ("bfloat16", "float16")]
+
+
+def dlu_args(shape, dtype, requires_grad=False):
+    n, c, h, w, k, s = shape
+    t = [torch.randn(n, c, h, w), torch.randn(n, k * k, h, w), torch.randn(n, 2 * s * s, h, w)]
+    return [x.to(DEVICE, DTYPES[dtype]).requires_grad_(requires_grad) for x in t]
+
+
+def carafe_args(shape, dtype, requires_grad=False):
+    n, c, h, w, k, s = shape
+    masks = torch.softmax(torch.randn(n, k * k, s * h, s * w), 1)
+    return [x.to(DEVICE, DTYPES[dtype]).requires_grad_(requires_grad) for x in (torch.randn(n, c, h, w), masks)]
+
+
+def forward_backward(fn, args):
+    out = fn(*args)
+    grad = torch.randn_like(out)
+    return lambda: torch.autograd.grad(fn(*args), args, grad)
+
+
+def case_info(shape, dtype, direction, impl):
+    n, c, h, w, k, s = shape
+    return dict(shape=f"N{n} C{c} {h}x{w} k{k} s{s}", dtype=dtype, direction=direction, impl=impl)
+
+
+@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape,dtype", CASES, ids=str)
+def test_dlu_fused(bench, shape, dtype, direction):
+    n, c, h, w, k, s = shape
+    fn = lambda *a: ops.dlu_upsample(*a, k, 1, s)  # noqa: E731
+    args = dlu_args(shape, dtype, direction != "fwd")
+    run = (lambda: fn(*args)) if direction == "fwd" else forward_backward(fn, args)
+    nflops = flops.reassembly_flops(c, h, w, k, s, n) * (1 if direction == "fwd" else 3)
+    nbytes = B.dlu_bytes(n, c, h, w, k, 1, s, args[0].element_size(), backward=direction != "fwd")
+    bench(run, nbytes, nflops, **case_info(shape, dtype, direction, "fused"))
+
+
+@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape,dtype", CASES, ids=str)
+def test_carafe_fused(bench, shape, dtype, direction):
+    n, c, h, w, k, s = shape
+    fn = lambda *a: ops.carafe(*a, k, 1, s)  # noqa: E731
+    args = carafe_args(shape, dtype, direction != "fwd")
+    run = (lambda: fn(*args)) if direction == "fwd" else forward_backward(fn, args)
+    nflops = flops.reassembly_flops(c, h, w, k, s, n) * (1 if direction == "fwd" else 3)
+    nbytes = B.carafe_bytes(n, c, h, w, k, 1, s, args[0].element_size(), backward=direction != "fwd")
+    bench(run, nbytes, nflops, **case_info(shape, dtype, direction, "fused"))
+
+
+REFERENCE_SHAPES = ANCHORS[:1] + ANCHORS[2:] if GPU else SHAPES[:1]
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch.compile(reference)"])
+@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape", REFERENCE_SHAPES, ids=str)
+def test_dlu_reference(bench, shape, direction, impl):
+    """What a user without this package runs: the PyTorch composition, eager or compiled."""
+    if impl != "reference" and (not GPU or direction != "fwd"):
+        pytest.skip("torch.compile is timed on the GPU, forward only (its compile time is the cost elsewhere)")
+    n, c, h, w, k, s = shape
+    fn = lambda *a: reference.dlu_upsample(*a, k, 1, s)  # noqa: E731
+    if impl != "reference":
+        fn = torch.compile(fn)
+    args = dlu_args(shape, "float32", direction != "fwd")
+    run = (lambda: fn(*args)) if direction == "fwd" else forward_backward(fn, args)
+    nbytes = B.dlu_bytes(n, c, h, w, k, 1, s, 4, backward=direction != "fwd")
+    bench(run, nbytes, flops.reassembly_flops(c, h, w, k, s, n), **case_info(shape, "float32", direction, impl))
+
+
+@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("method", ["DLU", "CARAFEPack"])
+@pytest.mark.parametrize("scale", MODULE_SCALES)
+def test_modules(bench, scale, method, direction):
+    """Whole upsamplers, convolutions included: N2 C256, output 256x256 (CPU: tiny)."""
+    n, c, out = (2, 256, 256) if GPU else (1, 8, 16)
+    h = w = out // scale
+    module = B.upsampler(method, c, scale).to(DEVICE)
+    x = torch.randn(n, c, h, w, device=DEVICE, requires_grad=direction != "fwd")
+    if direction == "fwd":
+        def run():
+            with torch.no_grad():
+                module(x)
+    else:
+        def run():
+            module(x).sum().backward()
+    nbytes = x.numel() * 4 * (1 + scale * scale)
+    nflops = B.method_flops(method, c, scale, h, w, n) * (1 if direction == "fwd" else 3)
+    bench(run, nbytes, nflops, shape=f"N{n} C{c} {h}x{w} s{scale}", dtype="float32", direction=direction, impl=method)

@@ -1,0 +1,157 @@
+"""`python -m dlu_triton compare`: DLU against CARAFE (and the zero-parameter baselines).
+
+For each scale: parameters, FLOPs, forward and forward+backward latency, peak memory of the
+modules (convolutions included), the DLU/CARAFE ratios, and the fused ops' time against the
+bandwidth floor (minimal bytes / copy bandwidth measured in the same run).
+"""
+import argparse
+import json
+import sys
+
+import torch
+
+from . import benchmark as B
+from . import ops
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m dlu_triton", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="DLU vs CARAFEPack vs bilinear/nearest, per scale")
+    c.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8, 16])
+    c.add_argument("--channels", type=int, default=None, help="default 256 on CUDA, 64 on CPU")
+    c.add_argument("--batch", type=int, default=None, help="default 2 on CUDA, 1 on CPU")
+    c.add_argument("--output-size", type=int, default=None,
+                   help="side of the upsampled output; the input is output-size/scale (default 256 on CUDA, 64 on CPU)")
+    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    c.add_argument("--forward-only", action="store_true", help="skip forward+backward timings")
+    c.add_argument("--json", metavar="PATH", help="write every number to PATH")
+    c.add_argument("--plot", metavar="PATH.png", help="draw latency and FLOPs against scale (needs matplotlib)")
+    return p.parse_args(argv)
+
+
+def measure_scale(args, scale, bandwidth, log):
+    dev, dtype = args.device, getattr(torch, args.dtype)
+    n, c = args.batch, args.channels
+    h = w = max(1, args.output_size // scale)
+    x = torch.randn(n, c, h, w, device=dev, dtype=dtype)
+    rows = {}
+    for method in B.METHODS:
+        log(f"  s={scale} {method} ...")
+        module = B.upsampler(method, c, scale).to(dev, dtype)
+        xg = x.clone().requires_grad_()
+
+        def fwd():
+            with torch.no_grad():
+                module(x)
+
+        def fwd_bwd():
+            module(xg).sum().backward()
+
+        row = dict(params=B.method_params(method, c, scale), gflops=B.method_flops(method, c, scale, h, w, n) / 1e9,
+                   fwd_ms=B.time_ms(fwd, dev))
+        if not args.forward_only:
+            row["fwd_bwd_ms"] = B.time_ms(fwd_bwd, dev)
+            row["peak_mib"] = B.peak_memory_mib(fwd_bwd, dev)
+        rows[method] = row
+    # The ops alone, against the bandwidth floor.
+    k, g = 5, 1
+    logits = torch.randn(n, g * k * k, h, w, device=dev, dtype=dtype)
+    offsets = torch.randn(n, 2 * g * scale * scale, h, w, device=dev, dtype=dtype)
+    masks = torch.softmax(torch.randn(n, g * k * k, scale * h, scale * w, device=dev), 1).to(dtype)
+    log(f"  s={scale} fused ops ...")
+    dlu_ms = B.time_ms(lambda: ops.dlu_upsample(x, logits, offsets, k, g, scale), dev)[0]
+    carafe_ms = B.time_ms(lambda: ops.carafe(x, masks, k, g, scale), dev)[0]
+    size = x.element_size()
+    floor = None
+    if bandwidth:
+        floor = dict(dlu_floor_ms=B.dlu_bytes(n, c, h, w, k, g, scale, size) / bandwidth * 1e3,
+                     carafe_floor_ms=B.carafe_bytes(n, c, h, w, k, g, scale, size) / bandwidth * 1e3)
+    return dict(scale=scale, input=(n, c, h, w), methods=rows, dlu_op_ms=dlu_ms, carafe_op_ms=carafe_ms, floor=floor)
+
+
+def fmt_ms(t):
+    return "-" if t is None else f"{t[0]:.3f}"
+
+
+def print_table(res, forward_only, out=sys.stdout):
+    n, c, h, w = res["input"]
+    s = res["scale"]
+    print(f"\nscale {s}x: input {n}x{c}x{h}x{w} -> output {s * h}x{s * w}", file=out)
+    head = f"{'method':<11} {'params':>10} {'GFLOPs':>8} {'fwd ms':>8}"
+    if not forward_only:
+        head += f" {'fwd+bwd ms':>10} {'peak MiB':>9}"
+    print(head, file=out)
+    for method, r in res["methods"].items():
+        line = f"{method:<11} {r['params']:>10,} {r['gflops']:>8.2f} {fmt_ms(r['fwd_ms']):>8}"
+        if not forward_only:
+            peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+            line += f" {fmt_ms(r['fwd_bwd_ms']):>10} {peak:>9}"
+        print(line, file=out)
+    d, cp = res["methods"]["DLU"], res["methods"]["CARAFEPack"]
+    ratio = f"DLU/CARAFE: params {d['params'] / cp['params']:.2f}, FLOPs {d['gflops'] / cp['gflops']:.2f}, fwd {d['fwd_ms'][0] / cp['fwd_ms'][0]:.2f}"
+    if not forward_only:
+        ratio += f", fwd+bwd {d['fwd_bwd_ms'][0] / cp['fwd_bwd_ms'][0]:.2f}"
+    print(ratio, file=out)
+    f = res["floor"]
+    ops_line = f"ops alone (k=5): dlu_upsample {res['dlu_op_ms']:.3f} ms, carafe {res['carafe_op_ms']:.3f} ms"
+    if f:
+        ops_line += (f"; floor {f['dlu_floor_ms']:.3f} / {f['carafe_floor_ms']:.3f} ms"
+                     f" = {f['dlu_floor_ms'] / res['dlu_op_ms']:.0%} / {f['carafe_floor_ms'] / res['carafe_op_ms']:.0%} of bandwidth")
+    print(ops_line, file=out)
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = [r["scale"] for r in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in results[0]["methods"]:
+        a.plot(scales, [r["methods"][method]["fwd_ms"][0] for r in results], "o-", label=method)
+        b.plot(scales, [r["methods"][method]["gflops"] for r in results], "o-", label=method)
+    for ax, title in ((a, "forward latency (ms)"), (b, "GFLOPs")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("scale factor")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def compare(args):
+    gpu = torch.device(args.device).type == "cuda"
+    args.channels = args.channels or (256 if gpu else 64)
+    args.batch = args.batch or (2 if gpu else 1)
+    args.output_size = args.output_size or (256 if gpu else 64)
+    info = B.env_info(args.device)
+    if gpu:
+        print(f"dlu-triton compare on {info['gpu']}, {args.dtype}, torch {info['torch']}, triton {info['triton']}, {info['date']}")
+        bandwidth = B.copy_bandwidth(args.device)
+        print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
+    else:
+        print(f"dlu-triton compare on CPU ({info['cpu']}): NO GPU, so this times the PyTorch reference path, "
+              f"not the Triton kernels; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
+        bandwidth = None
+    results = []
+    for scale in args.scales:
+        results.append(measure_scale(args, scale, bandwidth, lambda m: print(m, file=sys.stderr, flush=True)))
+        print_table(results[-1], args.forward_only)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(env=info, args=vars(args), bandwidth_GBps=bandwidth and bandwidth / 1e9, results=results), f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+
+
+def main(argv=None):
+    args = parse(argv if argv is not None else sys.argv[1:])
+    if args.command == "compare":
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Measurement helpers shared by `python -m dlu_triton compare` and `benchmarks/`.
+
+Timings are medians (with 20%/80% quantiles) of synchronised runs: `triton.testing.do_bench`
+on CUDA, wall-clock around whole calls on CPU. Bytes are the minimal traffic: every input read
+once, every output written once.
+"""
+import datetime
+import platform
+import statistics
+import time
+
+import torch
+import triton
+
+from . import flops
+from .modules import CARAFEPack, DLU
+
+METHODS = ("nearest", "bilinear", "CARAFEPack", "DLU")
+
+
+def time_ms(fn, device, reps=None):
+    """(median, q20, q80) in milliseconds."""
+    if torch.device(device).type == "cuda":
+        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    fn()
+    samples = []
+    for _ in range(reps or 5):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(samples, n=5) if len(samples) > 1 else samples * 4
+    return statistics.median(samples), q[0], q[3]
+
+
+def peak_memory_mib(fn, device):
+    """Peak memory allocated during `fn` beyond what was allocated before it (CUDA only)."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def copy_bandwidth(device, nbytes=2**30):
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    x = torch.empty(nbytes // 4, device=device)
+    y = torch.empty_like(x)
+    ms = time_ms(lambda: y.copy_(x), device)[0]
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def dlu_bytes(n, c, h, w, k, g, s, element_size, backward=False):
+    """Forward: features, logits, offsets in; output out. Backward: grad_out and the three
+    inputs in; their three gradients out."""
+    low = n * h * w * (c + g * k * k + 2 * g * s * s)
+    high = n * c * s * s * h * w
+    return element_size * ((2 * low + high) if backward else (low + high))
+
+
+def carafe_bytes(n, c, h, w, k, g, s, element_size, backward=False):
+    low = n * c * h * w
+    high = n * (g * k * k + c) * s * s * h * w
+    mask = n * g * k * k * s * s * h * w
+    return element_size * ((2 * low + high + mask) if backward else (low + high))
+
+
+def env_info(device):
+    info = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), device=str(device))
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+    return info
+
+
+def upsampler(method, channels, scale):
+    if method == "DLU":
+        return DLU(channels, scale)
+    if method == "CARAFEPack":
+        return CARAFEPack(channels, scale)
+    mode = dict(nearest="nearest", bilinear="bilinear")[method]
+    kwargs = dict(align_corners=False) if mode == "bilinear" else {}
+    return torch.nn.Upsample(scale_factor=scale, mode=mode, **kwargs)
+
+
+def method_flops(method, channels, scale, height, width, batch):
+    return dict(DLU=flops.dlu_flops, CARAFEPack=flops.carafe_flops, bilinear=flops.bilinear_flops,
+                nearest=flops.nearest_flops)[method](channels, scale, height, width, batch)
+
+
+def method_params(method, channels, scale):
+    return dict(DLU=flops.dlu_params, CARAFEPack=flops.carafe_params).get(method, lambda *a: 0)(channels, scale)

@@ -1,0 +1,44 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dlu_triton.kernels import backward, common, forward
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every buffer a kernel launcher allocates starts as NaN, so an unwritten element fails."""
+    def poisoned(like, size, dtype=None):
+        return common.new_output(like, size, dtype).fill_(float("nan"))
+
+    monkeypatch.setattr(forward, "new_output", poisoned)
+    monkeypatch.setattr(backward, "new_output", poisoned)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(params=["triton", "reference"])
+def path(request, device, monkeypatch):
+    """Which implementation the ops dispatch to: the Triton kernels (CUDA, or the interpreter on
+    CPU) or the PyTorch reference (CPU without the interpreter)."""
+    if request.param == "triton" and device == "cpu" and not INTERPRETING:
+        pytest.skip("the Triton kernels run on CPU only with TRITON_INTERPRET=1 (the README's test command sets it)")
+    if request.param == "reference":
+        if device != "cpu":
+            pytest.skip("CUDA always dispatches to the Triton kernels")
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+    return request.param

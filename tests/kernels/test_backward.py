@@ -1,0 +1,40 @@
+"""The backward launchers directly, on shapes that need several row and channel blocks, and with
+64-bit indexing forced on."""
+import pytest
+import torch
+import triton.language as tl
+
+from dlu_triton import reference
+from dlu_triton.kernels import backward
+
+from ..inputs import carafe_inputs, dlu_inputs
+from ..tolerance import assert_close
+from .test_forward import WIDE, dtype_for, kernel_device  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("force_int64", [False, True])
+def test_backward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):  # noqa: F811
+    if force_int64:
+        monkeypatch.setattr(backward, "index_dtype", lambda *t: tl.int64)
+    n, c, h, w, k, g, s = WIDE
+    dt = dtype_for(kernel_device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
+    grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=kernel_device)
+    got = backward.dlu_backward(grad, *inputs, k, g, s)
+    expected = reference.dlu_upsample_backward(grad.double(), *(t.double() for t in inputs), k, g, s)
+    for name, a, e in zip(("features", "logits", "offsets"), got, expected):
+        assert_close(f"grad {name}", a, e)
+    f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
+    got = backward.carafe_backward(grad, f, m, k, g, s)
+    expected = reference.carafe_backward(grad.double(), f.double(), m.double(), k, g, s)
+    for name, a, e in zip(("features", "masks"), got, expected):
+        assert_close(f"grad {name}", a, e)
+
+
+def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):  # noqa: F811
+    inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=dtype_for(kernel_device), device=kernel_device)
+    grad = torch.randn(1, 4, 6, 8, dtype=inputs[0].dtype, device=kernel_device)
+    before = grad.clone()
+    grads = backward.dlu_backward(grad, *inputs, 3, 1, 2)
+    assert torch.equal(grad, before)
+    assert all(gr.data_ptr() != grad.data_ptr() for gr in grads)

@@ -1,0 +1,57 @@
+"""The forward launchers directly, on shapes that need several row and channel blocks per
+program grid, and with 64-bit indexing forced on."""
+import pytest
+import torch
+import triton.language as tl
+
+from dlu_triton import reference
+from dlu_triton.kernels import common, forward
+
+from ..conftest import DEVICES, INTERPRETING
+from ..inputs import carafe_inputs, dlu_inputs
+from ..tolerance import assert_close
+
+# C per group > 256 and a row longer than one block: every kernel tiles in both directions.
+WIDE = (1, 260, 2, 37, 3, 1, 2)
+
+
+@pytest.fixture(params=DEVICES)
+def kernel_device(request):
+    if request.param == "cpu" and not INTERPRETING:
+        pytest.skip("the Triton kernels run on CPU only with TRITON_INTERPRET=1 (the README's test command sets it)")
+    return request.param
+
+
+def dtype_for(device):
+    return torch.float32 if device == "cuda" else torch.float64
+
+
+@pytest.mark.parametrize("force_int64", [False, True])
+def test_forward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):
+    if force_int64:
+        monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
+    n, c, h, w, k, g, s = WIDE
+    dt = dtype_for(kernel_device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
+    assert_close("dlu", forward.dlu_forward(*inputs, k, g, s), reference.dlu_upsample(*(t.double() for t in inputs), k, g, s))
+    f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
+    assert_close("carafe", forward.carafe_forward(f, m, k, g, s), reference.carafe(f.double(), m.double(), k, g, s))
+
+
+def test_index_width():
+    small = torch.empty(2, 3, 4, 5)
+    assert common.index_dtype(small) == tl.int32
+    far = torch.empty_strided((2, 1, 1, 1), (2**31, 1, 1, 1), device="meta")  # two elements, 2**31 apart
+    assert common.index_dtype(small, far) == tl.int64
+    assert common.index_dtype(small, torch.empty(0, 2**20, 2**20, 4, device="meta")) == tl.int32  # empty: never read
+
+
+def test_block_config_tiles_fit():
+    for cpg in (1, 7, 64, 256, 1024):
+        for row in (1, 17, 64, 1000):
+            for k in (1, 3, 5, 7):
+                block_c, block_q, block_qk, warps = common.block_config(cpg, row, k)
+                assert block_c * block_q <= 8192 and block_qk * common.taps_padded(k) <= 2048
+                assert warps in (4, 8)
+
+

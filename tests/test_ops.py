@@ -1,0 +1,213 @@
+"""The public ops on both dispatch paths: values and every gradient against the float64
+reference, dtypes, layouts, empty batches, validation, opcheck, gradcheck and torch.compile."""
+import pytest
+import torch
+
+import dlu_triton
+from dlu_triton import reference
+
+from .inputs import LOW, carafe_inputs, dlu_inputs
+from .test_reference import load_peer, peer  # noqa: F401  (fixture)
+from .tolerance import assert_close
+
+# (N, C, H, W, k, G, s): misaligned sizes, H = 1, W = 1, primes, every k, G and s of the contract.
+SHAPES = [
+    (2, 8, 5, 7, 3, 2, 2),
+    (1, 4, 1, 9, 5, 1, 2),
+    (2, 6, 4, 1, 3, 2, 3),
+    (1, 4, 3, 4, 1, 4, 4),
+    (1, 17, 3, 3, 7, 1, 1),
+    (2, 8, 3, 4, 5, 4, 2),
+    (1, 8, 2, 3, 3, 2, 8),
+    (1, 4, 2, 2, 3, 1, 16),
+]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def run_dlu(inputs, k, g, s):
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    out = dlu_triton.dlu_upsample(*inputs, k, g, s)
+    grad = torch.randn_like(out)
+    return out, grad, torch.autograd.grad(out, inputs, grad)
+
+
+def check_against_reference(op, inputs, grad, out, grads, k, g, s):
+    """Fused results against the float64 reference, and in low precision against PyTorch's own."""
+    names = dict(dlu=("features", "kernel_logits", "offsets"), carafe=("features", "masks"))[op]
+    fwd, bwd = dict(dlu=(reference.dlu_upsample, reference.dlu_upsample_backward),
+                    carafe=(reference.carafe, reference.carafe_backward))[op]
+    d64 = [t.detach().cpu().double() for t in inputs]
+    g64 = grad.cpu().double()
+    expected = [fwd(*d64, k, g, s), *bwd(g64, *d64, k, g, s)]
+    lowp = [None] * len(expected)
+    if out.dtype in LOW:
+        dl = [t.detach().cpu() for t in inputs]
+        lowp = [fwd(*dl, k, g, s), *bwd(grad.cpu(), *dl, k, g, s)]
+    for name, a, e, lp in zip(("output",) + tuple(f"grad {n}" for n in names), [out, *grads], expected, lowp):
+        assert_close(f"{op} {name}", a, e, lp)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_dlu_matches_reference(shape, device, path):
+    n, c, h, w, k, g, s = shape
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=torch.float64, device=device)
+    out, grad, grads = run_dlu(inputs, k, g, s)
+    check_against_reference("dlu", inputs, grad, out, grads, k, g, s)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_carafe_matches_reference(shape, device, path):
+    n, c, h, w, k, g, s = shape
+    inputs = [t.requires_grad_() for t in carafe_inputs(n, c, h, w, k, g, s, device=device)]
+    out = dlu_triton.carafe(*inputs, k, g, s)
+    grad = torch.randn_like(out)
+    check_against_reference("carafe", inputs, grad, out, torch.autograd.grad(out, inputs, grad), k, g, s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 8, 3, 5, 5, 2, 2), (1, 4, 2, 3, 3, 1, 4)], ids=str)
+def test_dtypes(shape, dtype, device, path):
+    n, c, h, w, k, g, s = shape
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dtype, device=device)
+    out, grad, grads = run_dlu(inputs, k, g, s)
+    assert out.dtype == dtype and all(gr.dtype == dtype for gr in grads)
+    check_against_reference("dlu", inputs, grad, out, grads, k, g, s)
+    inputs = [t.requires_grad_() for t in carafe_inputs(n, c, h, w, k, g, s, dtype=dtype, device=device)]
+    out = dlu_triton.carafe(*inputs, k, g, s)
+    check_against_reference("carafe", inputs, grad, out, torch.autograd.grad(out, inputs, grad), k, g, s)
+
+
+def test_mmcv_vectors_through_carafe(peer, device, path):  # noqa: F811
+    feat, mask = (peer[key].to(device).requires_grad_() for key in ("feat", "mask"))
+    out = dlu_triton.carafe(feat, mask, 5, 4, 2)
+    out.backward(torch.ones_like(out))
+    for got, key in ((out, "output"), (feat.grad, "feat_grad"), (mask.grad, "mask_grad")):
+        torch.testing.assert_close(got.detach().cpu(), peer[key], rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_and_strided_inputs(device, path):
+    n, c, h, w, k, g, s = 2, 8, 5, 6, 3, 2, 2
+    inputs = dlu_inputs(n, c, h, w, k, g, s, device=device)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in inputs]
+    out, grad, grads = run_dlu(cl, k, g, s)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    check_against_reference("dlu", cl, grad, out, grads, k, g, s)
+    # Every other column of a wider tensor, and a transposed-then-transposed-back view.
+    strided = [torch.cat([t, t], dim=3)[..., ::2] for t in inputs]
+    strided[0] = inputs[0].transpose(2, 3).contiguous().transpose(2, 3)
+    out, grad, grads = run_dlu(strided, k, g, s)
+    check_against_reference("dlu", strided, grad, out, grads, k, g, s)
+    features, masks = carafe_inputs(n, c, h, w, k, g, s, device=device)
+    masks = torch.cat([masks, masks], dim=2)[:, :, ::2]
+    features = features.contiguous(memory_format=torch.channels_last).requires_grad_()
+    masks.requires_grad_()
+    out = dlu_triton.carafe(features, masks, k, g, s)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    check_against_reference("carafe", [features, masks], grad, out, torch.autograd.grad(out, [features, masks], grad), k, g, s)
+
+
+def test_empty_batch(device, path):
+    inputs = [t.requires_grad_() for t in dlu_inputs(0, 4, 3, 5, 3, 1, 2, device=device)]
+    out = dlu_triton.dlu_upsample(*inputs, 3, 1, 2)
+    assert out.shape == (0, 4, 6, 10)
+    out.sum().backward()
+    assert all(t.grad.shape == t.shape for t in inputs)
+    features, masks = (t.requires_grad_() for t in carafe_inputs(0, 4, 3, 5, 3, 1, 2, device=device))
+    out = dlu_triton.carafe(features, masks, 3, 1, 2)
+    assert out.shape == (0, 4, 6, 10)
+    out.sum().backward()
+    assert features.grad.shape == features.shape and masks.grad.shape == masks.shape
+
+
+def test_gradcheck(device, path):
+    inputs = [t.requires_grad_() for t in dlu_inputs(1, 2, 2, 3, 3, 1, 2, device=device, offset_scale=1.0)]
+    assert torch.autograd.gradcheck(lambda *a: dlu_triton.dlu_upsample(*a, 3, 1, 2), inputs, fast_mode=True)
+    inputs = [t.requires_grad_() for t in carafe_inputs(1, 4, 2, 3, 3, 2, 2, device=device)]
+    assert torch.autograd.gradcheck(lambda *a: dlu_triton.carafe(*a, 3, 2, 2), inputs, fast_mode=True)
+
+
+def test_opcheck(device, path):
+    torch.library.opcheck(torch.ops.dlu_triton.dlu_upsample, (*dlu_inputs(2, 4, 3, 5, 3, 2, 2, device=device), 3, 2, 2))
+    torch.library.opcheck(torch.ops.dlu_triton.carafe, (*carafe_inputs(2, 4, 3, 5, 3, 2, 2, device=device), 3, 2, 2))
+
+
+def test_compiled_module_has_no_graph_break(device, path):
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    module = dlu_triton.DLU(8, 2, up_kernel=3, compressed_channels=4).to(device).double()
+    with torch.no_grad():
+        module.conv_offset.weight.normal_(std=0.3)
+    compiled = torch.compile(module, backend=backend, fullgraph=True)
+    x = torch.randn(2, 8, 4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    out = compiled(x)
+    out.square().sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    expected = module(x)
+    expected.square().sum().backward()
+    assert_close("compiled output", out, expected)
+    assert_close("compiled grad", got, x.grad)
+
+
+def good_dlu(device="cpu"):
+    f, l, o = dlu_inputs(2, 8, 4, 5, 3, 2, 2, device=device)
+    return dict(features=f, kernel_logits=l, offsets=o, kernel_size=3, group_size=2, scale_factor=2)
+
+
+BAD_DLU = [
+    (dict(features=torch.randn(8, 4, 5)), ValueError, "features must be 4-D"),
+    (dict(kernel_logits=torch.randn(2, 17, 4, 5, dtype=torch.float64)), ValueError, "kernel_logits must have shape"),
+    (dict(offsets=torch.randn(2, 8, 4, 5, dtype=torch.float64)), ValueError, "offsets must have shape"),
+    (dict(offsets=torch.randn(2, 16, 4, 6, dtype=torch.float64)), ValueError, "offsets must have shape"),
+    (dict(kernel_logits=torch.randn(3, 18, 4, 5, dtype=torch.float64)), ValueError, "batch size"),
+    (dict(kernel_size=4), ValueError, "kernel_size must be odd"),
+    (dict(kernel_size=-1), ValueError, "kernel_size must be >= 1"),
+    (dict(kernel_size=3.0), TypeError, "kernel_size must be an int"),
+    (dict(group_size=3), ValueError, "divisible by group_size"),
+    (dict(group_size=0), ValueError, "group_size must be >= 1"),
+    (dict(scale_factor=0), ValueError, "scale_factor must be >= 1"),
+    (dict(scale_factor=2.0), TypeError, "scale_factor must be an int"),
+    (dict(scale_factor=True), TypeError, "scale_factor must be an int"),
+    (dict(kernel_logits=torch.randn(2, 18, 4, 5, dtype=torch.float32)), TypeError, "kernel_logits has dtype"),
+    (dict(features=torch.randint(0, 9, (2, 8, 4, 5))), TypeError, "features must be float16"),
+    (dict(offsets="x"), TypeError, "offsets must be a torch.Tensor"),
+    (dict(features=torch.randn(2, 8, 0, 5, dtype=torch.float64)), ValueError, "C, H, W >= 1"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD_DLU, ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
+def test_dlu_rejects_bad_input(change, error, message):
+    args = {**good_dlu(), **change}
+    with pytest.raises(error, match=message):
+        dlu_triton.dlu_upsample(**args)
+    with pytest.raises(error, match=message):
+        torch.ops.dlu_triton.dlu_upsample(*args.values()) if all(
+            isinstance(v, torch.Tensor) for v in list(args.values())[:3]) and all(
+            type(v) is int for v in list(args.values())[3:]) else dlu_triton.dlu_upsample(**args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixing devices needs a GPU")
+def test_mixed_devices_rejected():
+    args = good_dlu()
+    args["offsets"] = args["offsets"].cuda()
+    with pytest.raises(ValueError, match="offsets is on cuda"):
+        dlu_triton.dlu_upsample(**args)
+
+
+BAD_CARAFE = [
+    (dict(masks=torch.randn(2, 17, 8, 10, dtype=torch.float64)), ValueError, "masks must have shape"),
+    (dict(masks=torch.randn(2, 18, 4, 5, dtype=torch.float64)), ValueError, "masks must have shape"),
+    (dict(masks=torch.randn(3, 18, 8, 10, dtype=torch.float64)), ValueError, "batch size"),
+    (dict(masks=torch.randn(2, 18, 8, 10, 1)), ValueError, "masks must be 4-D"),
+    (dict(masks=torch.randn(2, 18, 8, 10, dtype=torch.float16)), TypeError, "masks has dtype"),
+    (dict(scale_factor=1.5), TypeError, "scale_factor must be an int"),
+    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD_CARAFE)
+def test_carafe_rejects_bad_input(change, error, message):
+    f, m = carafe_inputs(2, 8, 4, 5, 3, 2, 2)
+    args = {**dict(features=f, masks=m, kernel_size=3, group_size=2, scale_factor=2), **change}
+    with pytest.raises(error, match=message):
+        dlu_triton.carafe(**args)
