@@ -1,0 +1,17 @@
+"""Short table of a benchmark JSON: case, do_bench median, GB/s and fraction of the floor.
+
+    python benchmarks/summarise.py benchmarks/results/h100.json
+"""
+import json
+import sys
+
+data = json.load(open(sys.argv[1]))
+print("| case | impl | dtype | dir | median ms (q20-q80) | GB/s | of floor |")
+print("|---|---|---|---|---|---|---|")
+for b in data["benchmarks"]:
+    e = b["extra_info"]
+    if e.get("median_ms") is None:
+        continue
+    frac = f"{e['fraction_of_floor']:.0%}" if "fraction_of_floor" in e else "-"
+    print(f"| {e['shape']} | {e['impl']} | {e['dtype']} | {e['direction']} | {e['median_ms']:.3f} "
+          f"({e['q20_ms']:.3f}-{e['q80_ms']:.3f}) | {e['GBps']:.0f} | {frac} |")
