@@ -31,6 +31,12 @@ def device(request):
     return request.param
 
 
+def exact_dtype(device):
+    """float64 where the kernels take it (CPU: interpreter and reference); on CUDA float64 goes
+    to the reference, so the kernels are checked in float32 there."""
+    return torch.float64 if device == "cpu" else torch.float32
+
+
 @pytest.fixture(params=["triton", "reference"])
 def path(request, device, monkeypatch):
     """Which implementation the ops dispatch to: the Triton kernels (CUDA, or the interpreter on

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import dlu_triton
 from dlu_triton import reference
 
+from .conftest import exact_dtype
 from .tolerance import assert_close
 
 # ../shared/dlu-semantics.md, C=256, Cm=64, k=5, encoder 3.
@@ -45,11 +46,11 @@ def carafe_by_reference(m, x):
 @pytest.mark.parametrize("module,composed", [(dlu_triton.DLU, dlu_by_reference), (dlu_triton.CARAFEPack, carafe_by_reference)])
 @pytest.mark.parametrize("config", [dict(channels=8, scale_factor=2, up_kernel=3, up_group=2), dict(channels=6, scale_factor=3, up_kernel=5)])
 def test_module_matches_reference_composition(module, composed, config, device, path):
-    m = module(**config, compressed_channels=4).to(device).double()
+    m = module(**config, compressed_channels=4).to(device, exact_dtype(device))
     with torch.no_grad():  # trained-looking weights: offsets off zero, kernels far from uniform
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    x = torch.randn(2, config["channels"], 3, 5, device=device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, config["channels"], 3, 5, device=device, dtype=exact_dtype(device), requires_grad=True)
     out = m(x)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, [x, *m.parameters()], grad)
@@ -61,8 +62,8 @@ def test_module_matches_reference_composition(module, composed, config, device, 
 
 
 def test_untrained_dlu_is_carafe_with_source_kernels(device, path):
-    m = dlu_triton.DLU(8, 2, up_kernel=3, compressed_channels=4).to(device).double()
-    x = torch.randn(1, 8, 4, 3, device=device, dtype=torch.float64)
+    m = dlu_triton.DLU(8, 2, up_kernel=3, compressed_channels=4).to(device, exact_dtype(device))
+    x = torch.randn(1, 8, 4, 3, device=device, dtype=exact_dtype(device))
     logits = m.kernel_space_generator(m.channel_compressor(x))
     mask = F.interpolate(torch.softmax(logits, 1), scale_factor=2, mode="nearest")
     assert_close("output", m(x), reference.carafe(x, mask, 3, 1, 2))

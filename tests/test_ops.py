@@ -6,6 +6,7 @@ import torch
 import dlu_triton
 from dlu_triton import reference
 
+from .conftest import exact_dtype
 from .inputs import LOW, carafe_inputs, dlu_inputs
 from .test_reference import load_peer, peer  # noqa: F401  (fixture)
 from .tolerance import assert_close
@@ -50,7 +51,7 @@ def check_against_reference(op, inputs, grad, out, grads, k, g, s):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_dlu_matches_reference(shape, device, path):
     n, c, h, w, k, g, s = shape
-    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=torch.float64, device=device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(device), device=device)
     out, grad, grads = run_dlu(inputs, k, g, s)
     check_against_reference("dlu", inputs, grad, out, grads, k, g, s)
 
@@ -58,7 +59,7 @@ def test_dlu_matches_reference(shape, device, path):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_carafe_matches_reference(shape, device, path):
     n, c, h, w, k, g, s = shape
-    inputs = [t.requires_grad_() for t in carafe_inputs(n, c, h, w, k, g, s, device=device)]
+    inputs = [t.requires_grad_() for t in carafe_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(device), device=device)]
     out = dlu_triton.carafe(*inputs, k, g, s)
     grad = torch.randn_like(out)
     check_against_reference("carafe", inputs, grad, out, torch.autograd.grad(out, inputs, grad), k, g, s)
@@ -87,7 +88,7 @@ def test_mmcv_vectors_through_carafe(peer, device, path):  # noqa: F811
 
 def test_channels_last_and_strided_inputs(device, path):
     n, c, h, w, k, g, s = 2, 8, 5, 6, 3, 2, 2
-    inputs = dlu_inputs(n, c, h, w, k, g, s, device=device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(device), device=device)
     cl = [t.contiguous(memory_format=torch.channels_last) for t in inputs]
     out, grad, grads = run_dlu(cl, k, g, s)
     assert out.is_contiguous(memory_format=torch.channels_last)
@@ -98,7 +99,7 @@ def test_channels_last_and_strided_inputs(device, path):
     strided[0] = inputs[0].transpose(2, 3).contiguous().transpose(2, 3)
     out, grad, grads = run_dlu(strided, k, g, s)
     check_against_reference("dlu", strided, grad, out, grads, k, g, s)
-    features, masks = carafe_inputs(n, c, h, w, k, g, s, device=device)
+    features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(device), device=device)
     masks = torch.cat([masks, masks], dim=2)[:, :, ::2]
     features = features.contiguous(memory_format=torch.channels_last).requires_grad_()
     masks.requires_grad_()
@@ -108,12 +109,12 @@ def test_channels_last_and_strided_inputs(device, path):
 
 
 def test_empty_batch(device, path):
-    inputs = [t.requires_grad_() for t in dlu_inputs(0, 4, 3, 5, 3, 1, 2, device=device)]
+    inputs = [t.requires_grad_() for t in dlu_inputs(0, 4, 3, 5, 3, 1, 2, dtype=exact_dtype(device), device=device)]
     out = dlu_triton.dlu_upsample(*inputs, 3, 1, 2)
     assert out.shape == (0, 4, 6, 10)
     out.sum().backward()
     assert all(t.grad.shape == t.shape for t in inputs)
-    features, masks = (t.requires_grad_() for t in carafe_inputs(0, 4, 3, 5, 3, 1, 2, device=device))
+    features, masks = (t.requires_grad_() for t in carafe_inputs(0, 4, 3, 5, 3, 1, 2, dtype=exact_dtype(device), device=device))
     out = dlu_triton.carafe(features, masks, 3, 1, 2)
     assert out.shape == (0, 4, 6, 10)
     out.sum().backward()
@@ -128,17 +129,18 @@ def test_gradcheck(device, path):
 
 
 def test_opcheck(device, path):
-    torch.library.opcheck(torch.ops.dlu_triton.dlu_upsample, (*dlu_inputs(2, 4, 3, 5, 3, 2, 2, device=device), 3, 2, 2))
-    torch.library.opcheck(torch.ops.dlu_triton.carafe, (*carafe_inputs(2, 4, 3, 5, 3, 2, 2, device=device), 3, 2, 2))
+    torch.library.opcheck(torch.ops.dlu_triton.dlu_upsample, (*dlu_inputs(2, 4, 3, 5, 3, 2, 2, dtype=exact_dtype(device), device=device), 3, 2, 2))
+    torch.library.opcheck(torch.ops.dlu_triton.carafe, (*carafe_inputs(2, 4, 3, 5, 3, 2, 2, dtype=exact_dtype(device), device=device), 3, 2, 2))
 
 
 def test_compiled_module_has_no_graph_break(device, path):
     backend = "inductor" if device == "cuda" else "aot_eager"
-    module = dlu_triton.DLU(8, 2, up_kernel=3, compressed_channels=4).to(device).double()
+    dtype = exact_dtype(device)
+    module = dlu_triton.DLU(8, 2, up_kernel=3, compressed_channels=4).to(device, dtype)
     with torch.no_grad():
         module.conv_offset.weight.normal_(std=0.3)
     compiled = torch.compile(module, backend=backend, fullgraph=True)
-    x = torch.randn(2, 8, 4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 8, 4, 5, device=device, dtype=dtype, requires_grad=True)
     out = compiled(x)
     out.square().sum().backward()
     got = x.grad.clone()

@@ -1,5 +1,6 @@
 """The reference against the contract written out as loops, against autograd, and against mmcv's
 own CARAFE vectors."""
+import os
 import pathlib
 
 import numpy as np
@@ -11,7 +12,9 @@ from dlu_triton import reference
 from .inputs import carafe_inputs, dlu_inputs
 from .tolerance import assert_close
 
-PEER = pathlib.Path(__file__).resolve().parents[2] / "shared" / "peer-vectors" / "mmcv-carafe"
+# mmcv's vectors live in ../shared beside the checkout; DLU_TRITON_PEER_VECTORS points elsewhere.
+PEER = pathlib.Path(os.environ.get(
+    "DLU_TRITON_PEER_VECTORS", pathlib.Path(__file__).resolve().parents[2] / "shared" / "peer-vectors" / "mmcv-carafe"))
 
 
 def contract_dlu(features, logits, offsets, k, g, s):
