@@ -90,9 +90,9 @@ def taps_padded(kernel_size):
 
 
 def block_config(channels_per_group, row_length, kernel_size):
-    """The one place block sizes are chosen: (BLOCK_C, BLOCK_Q, BLOCK_QK, num_warps).
+    """The one place block sizes are chosen: (BLOCK_C, BLOCK_P, BLOCK_QK, num_warps).
 
-    Reassembly tiles are BLOCK_C channels x BLOCK_Q pixels of one row (about 8192 fp32 outputs,
+    Reassembly tiles are BLOCK_C channels x BLOCK_P pixels of one row (about 8192 fp32 outputs,
     32 registers a thread at 8 warps); a wide BLOCK_C amortises DLU's kernel sampling over
     channels. BLOCK_QK sizes the [pixels, k*k] tiles of the mask-gradient kernel.
     """

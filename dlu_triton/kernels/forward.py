@@ -13,11 +13,13 @@ CARAFE loads K from `masks`. DLU builds it in registers (common.py has the sampl
 
 so neither the softmaxed kernel space nor the high-resolution mask ever reaches global memory.
 
-Program: one output row oy of image n, BLOCK_Q pixels of it, BLOCK_C channels of one group, so
-the store is a coalesced [BLOCK_C, BLOCK_Q] tile and the tap rows are scalars. For DLU each point
-first takes the base-2 log-sum-exp of its 4 corners' logits; a tap then costs 4 gathers and
-4 exp2 per point, shared by the program's BLOCK_C channels. Accumulation is in fp32 (fp64 for
-fp64 inputs); the store casts to the output dtype.
+Program: image n, output row oy, sub-pixel column sx, BLOCK_P consecutive source pixels ix of
+that row (output columns ix*s + sx) and BLOCK_C channels of one group. The tap gathers then read
+consecutive pixels (coalesced), and the s programs that differ only in sx are neighbours in the
+grid, so L2 merges their interleaved stores. For DLU each point first takes the base-2
+log-sum-exp of its 4 corners' logits; a tap then costs 4 gathers and 4 exp2 per point, shared by
+the program's BLOCK_C channels. Accumulation is in fp32 (fp64 for fp64 inputs); the store casts
+to the output dtype.
 """
 import triton
 import triton.language as tl
@@ -38,30 +40,32 @@ def _reassemble_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU, sample K from logits and offsets; 0: CARAFE, load K
-    BLOCK_Q: tl.constexpr,  # output pixels (of one row) per program
+    BLOCK_P: tl.constexpr,  # source pixels (of one row) per program
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype (int64 only for huge tensors)
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
-    n_qblocks = tl.cdiv(W * S, BLOCK_Q)
+    n_pblocks = tl.cdiv(W, BLOCK_P)
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
-    row = tl.program_id(0) // n_qblocks  # n * s*H + oy
+    pid = tl.program_id(0)  # ((n * s*H + oy) * n_pblocks + pblock) * s + sx
+    sx = pid % S
+    row = pid // S // n_pblocks
     oy = (row % (H * S)).to(IDX)
     n = (row // (H * S)).to(IDX)
-    ox = ((tl.program_id(0) % n_qblocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(IDX)
+    ix = ((pid // S % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    q_ok = ox < W * S
+    q_ok = ix < W
     c_ok = cg < CPG
     iy = oy // S
-    ix = ox // S
+    ox = ix * S + sx
     k_base = k_ptr + n * skn
 
     if FROM_LOGITS:
-        sub = (oy % S) * S + ox % S
+        sub = (oy % S) * S + sx
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
             off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
         a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
@@ -79,7 +83,7 @@ def _reassemble_kernel(
     else:
         a_out = oy * sky + ox * skx
 
-    acc = tl.zeros((BLOCK_C, BLOCK_Q), dtype=ACC)
+    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
     x_base = x_ptr + n * sxn + c[:, None] * sxc
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
@@ -110,14 +114,14 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     from_logits = offsets is not None
     off = offsets if from_logits else kernels  # CARAFE never reads it
     cpg = c // group_size
-    block_c, block_q, _, warps = block_config(cpg, s * w, kernel_size)
-    grid = (n * s * h * triton.cdiv(s * w, block_q), group_size * triton.cdiv(cpg, block_c))
+    block_c, block_p, _, warps = block_config(cpg, w, kernel_size)
+    grid = (n * s * h * triton.cdiv(w, block_p) * s, group_size * triton.cdiv(cpg, block_c))
     _reassemble_kernel[grid](
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
         h, w, cpg, s,
         KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
-        BLOCK_Q=block_q, BLOCK_C=block_c,
+        BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
         num_warps=warps,
     )
