@@ -6,12 +6,13 @@ import json
 import sys
 
 data = json.load(open(sys.argv[1]))
-print("| case | impl | dtype | dir | median ms (q20-q80) | GB/s | of floor |")
-print("|---|---|---|---|---|---|---|")
+print("| case | benchmark | impl | dtype | dir | median ms (q20-q80) | GB/s | of floor |")
+print("|---|---|---|---|---|---|---|---|")
 for b in data["benchmarks"]:
     e = b["extra_info"]
     if e.get("median_ms") is None:
         continue
     frac = f"{e['fraction_of_floor']:.0%}" if "fraction_of_floor" in e else "-"
-    print(f"| {e['shape']} | {e['impl']} | {e['dtype']} | {e['direction']} | {e['median_ms']:.3f} "
+    test = b["name"].split("[")[0].removeprefix("test_")
+    print(f"| {e['shape']} | {test} | {e['impl']} | {e['dtype']} | {e['direction']} | {e['median_ms']:.3f} "
           f"({e['q20_ms']:.3f}-{e['q80_ms']:.3f}) | {e['GBps']:.0f} | {frac} |")

@@ -1,0 +1,22 @@
+"""One launch of each kernel at N2 C256 128x128 k5 s2 fp32, for Nsight Compute:
+
+    ncu --clock-control none -k regex:"_reassemble|_mask_grad|_feature_grad" -c 4 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+        --section LaunchStats --section Occupancy python3 benchmarks/profile_once.py
+"""
+import torch
+
+from dlu_triton import ops
+from dlu_triton.kernels import backward
+
+n, c, h, w, k, s = 2, 256, 128, 128, 5, 2
+x = torch.randn(n, c, h, w, device="cuda")
+logits = torch.randn(n, k * k, h, w, device="cuda")
+offsets = torch.randn(n, 2 * s * s, h, w, device="cuda")
+masks = torch.softmax(torch.randn(n, k * k, s * h, s * w, device="cuda"), 1)
+grad = torch.randn(n, c, s * h, s * w, device="cuda")
+for _ in range(2):  # the first round compiles
+    ops.dlu_upsample(x, logits, offsets, k, 1, s)
+    ops.carafe(x, masks, k, 1, s)
+    backward.dlu_backward(grad, x, logits, offsets, k, 1, s)
+torch.cuda.synchronize()
