@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU session's runs, writing everything under $OUT (see docs/testing.md, docs/benchmarks.md).
-#   bash benchmarks/gpu_run.sh tests compare bench   # the test suite, compare, the benchmark suite
+#   bash benchmarks/gpu_run.sh tests sweep compare bench   # tests, tile sweep, compare, benchmark suite
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -14,6 +14,8 @@ for step in "$@"; do
       timeout 300 python3 -m pytest tests -n 8 -q -p no:cacheprovider --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
     compare)
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>"$OUT/compare.err" | tee "$OUT/compare.txt" ;;
+    sweep)
+      timeout 240 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     bench)
       timeout 400 python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable --benchmark-only \
         --benchmark-json="$OUT/benchmarks.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -4 > "$OUT/benchmarks.log"
