@@ -11,14 +11,14 @@ export DLU_TRITON_PEER_VECTORS=${DLU_TRITON_PEER_VECTORS:-$PWD/.peer}
 for step in "$@"; do
   case "$step" in
     tests)
-      timeout 300 python3 -m pytest tests -n 8 -q -p no:cacheprovider --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
+      timeout 300 python3 -m pytest tests -n 8 -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
     compare)
-      timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>"$OUT/compare.err" | tee "$OUT/compare.txt" ;;
+      timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
     sweep)
-      timeout 240 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
+      timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     bench)
       timeout 400 python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable --benchmark-only \
-        --benchmark-json="$OUT/benchmarks.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -4 > "$OUT/benchmarks.log"
+        --benchmark-json="$OUT/benchmarks.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -4
       python3 benchmarks/summarise.py "$OUT/benchmarks.json" | tee "$OUT/benchmarks.md" ;;
   esac
 done

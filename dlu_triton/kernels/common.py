@@ -89,18 +89,6 @@ def taps_padded(kernel_size):
     return triton.next_power_of_2(kernel_size * kernel_size)
 
 
-def forward_config(channels_per_group, height, width, scale_factor, images, device):
-    """(BLOCK_C, BLOCK_P, T_PER, num_warps) of the forward: a [BLOCK_C, BLOCK_P] tile small enough
-    that its k feature rows stay in L1 across the sub-pixel loop, and the s*s sub-pixels split
-    into chunks only as far as needed to give every multiprocessor a few programs."""
-    block_c = min(triton.next_power_of_2(channels_per_group), 64)
-    block_p = max(16, min(64, triton.next_power_of_2(width)))
-    programs = images * triton.cdiv(channels_per_group, block_c) * height * triton.cdiv(width, block_p)
-    target = 4 * (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1)
-    chunks = min(scale_factor * scale_factor, triton.cdiv(target, programs))
-    return block_c, block_p, triton.cdiv(scale_factor * scale_factor, chunks), 4
-
-
 def block_config(channels_per_group, row_length, kernel_size):
     """The one place block sizes are chosen: (BLOCK_C, BLOCK_P, BLOCK_QK, num_warps).
 

@@ -13,24 +13,23 @@ CARAFE loads K from `masks`. DLU builds it in registers (common.py has the sampl
 
 so neither the softmaxed kernel space nor the high-resolution mask ever reaches global memory.
 
-Program: image n, source row iy, BLOCK_P consecutive source pixels of it, BLOCK_C channels of
-one group, and a chunk of T_PER of their s*s sub-pixels, looped over inside the program. The tap
-gathers read consecutive pixels (coalesced), and the k feature rows they touch stay in L1 across
-the sub-pixel loop, so L2 serves each feature row to a program once rather than once per
-sub-pixel (the version that gave each sub-pixel its own program was L2-bound: docs/performance.md).
-For DLU each point first takes the base-2 log-sum-exp of its 4 corners' logits; a tap then costs
-4 gathers and 4 exp2 per point, shared by the program's BLOCK_C channels. Accumulation is in fp32
-(fp64 for fp64 inputs); the store casts to the output dtype.
+Program: image n, output row oy, sub-pixel column sx, BLOCK_P consecutive source pixels ix of
+that row (output columns ix*s + sx) and BLOCK_C channels of one group. The tap gathers then read
+consecutive pixels (coalesced), and the s programs that differ only in sx are neighbours in the
+grid, so L2 merges their interleaved stores. For DLU each point first takes the base-2
+log-sum-exp of its 4 corners' logits; a tap then costs 4 gathers and 4 exp2 per point, shared by
+the program's BLOCK_C channels. Accumulation is in fp32 (fp64 for fp64 inputs); the store casts
+to the output dtype.
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    acc_dtype, corner_lse2, forward_config, index_dtype, new_output, sampling_point, taps_padded,
+    acc_dtype, block_config, corner_lse2, index_dtype, new_output, sampling_point, taps_padded,
 )
 
 
-@triton.jit(do_not_specialize=["H", "W", "CPG", "S", "T_PER"])
+@triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
 def _reassemble_kernel(
     x_ptr, k_ptr, off_ptr, out_ptr,  # features; logits (DLU) or masks (CARAFE); offsets (DLU); output
     sxn, sxc, sxy, sxx,  # features strides
@@ -38,7 +37,6 @@ def _reassemble_kernel(
     son, soc, soy, sox,  # offsets strides
     sun, suc, suy, sux,  # output strides
     H, W, CPG, S,  # low-resolution size, channels per group, scale factor
-    T_PER,  # sub-pixels per program
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU, sample K from logits and offsets; 0: CARAFE, load K
@@ -51,59 +49,60 @@ def _reassemble_kernel(
     R: tl.constexpr = KS // 2
     n_pblocks = tl.cdiv(W, BLOCK_P)
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
-    row = tl.program_id(0) // n_pblocks  # n * H + iy
-    iy = (row % H).to(IDX)
-    n = (row // H).to(IDX)
-    ix = ((tl.program_id(0) % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)
+    pid = tl.program_id(0)  # ((n * s*H + oy) * n_pblocks + pblock) * s + sx
+    sx = pid % S
+    row = pid // S // n_pblocks
+    oy = (row % (H * S)).to(IDX)
+    n = (row // (H * S)).to(IDX)
+    ix = ((pid // S % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    p_ok = ix < W
+    q_ok = ix < W
     c_ok = cg < CPG
+    iy = oy // S
+    ox = ix * S + sx
     k_base = k_ptr + n * skn
+
+    if FROM_LOGITS:
+        sub = (oy % S) * S + sx
+        y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
+            off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
+        a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
+        a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
+        a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
+        a11 = y1.to(IDX) * sky + x1.to(IDX) * skx
+        lse00 = corner_lse2(k_base, a00, g, q_ok, skc, KK, KKP, ACC)
+        lse01 = corner_lse2(k_base, a01, g, q_ok, skc, KK, KKP, ACC)
+        lse10 = corner_lse2(k_base, a10, g, q_ok, skc, KK, KKP, ACC)
+        lse11 = corner_lse2(k_base, a11, g, q_ok, skc, KK, KKP, ACC)
+        w00 = (1.0 - fy) * (1.0 - fx)
+        w01 = (1.0 - fy) * fx
+        w10 = fy * (1.0 - fx)
+        w11 = fy * fx
+    else:
+        a_out = oy * sky + ox * skx
+
+    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
     x_base = x_ptr + n * sxn + c[:, None] * sxc
-    out_base = out_ptr + n * sun + c[:, None] * suc
-    off_base = off_ptr + n * son + iy * soy + ix * sox
-    t_start = tl.program_id(2) * T_PER
-
-    for t in range(t_start, tl.minimum(t_start + T_PER, S * S)):
-        oy = iy * S + t // S
-        ox = ix * S + t % S
+    for j in range(KK):
+        t_base = k_base + (g * KK + j) * skc
         if FROM_LOGITS:
-            y0, y1, x0, x1, fy, fx, _, _ = sampling_point(off_base, g, iy, ix, t, p_ok, soc, H, W, S, ACC)
-            a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
-            a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
-            a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
-            a11 = y1.to(IDX) * sky + x1.to(IDX) * skx
-            lse00 = corner_lse2(k_base, a00, g, p_ok, skc, KK, KKP, ACC)
-            lse01 = corner_lse2(k_base, a01, g, p_ok, skc, KK, KKP, ACC)
-            lse10 = corner_lse2(k_base, a10, g, p_ok, skc, KK, KKP, ACC)
-            lse11 = corner_lse2(k_base, a11, g, p_ok, skc, KK, KKP, ACC)
-            w00 = (1.0 - fy) * (1.0 - fx)
-            w01 = (1.0 - fy) * fx
-            w10 = fy * (1.0 - fx)
-            w11 = fy * fx
+            kj = w00 * tl.exp2(tl.load(t_base + a00, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse00)
+            kj += w01 * tl.exp2(tl.load(t_base + a01, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse01)
+            kj += w10 * tl.exp2(tl.load(t_base + a10, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse10)
+            kj += w11 * tl.exp2(tl.load(t_base + a11, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse11)
         else:
-            a_out = oy * sky + ox * skx
+            kj = tl.load(t_base + a_out, mask=q_ok, other=0.0).to(ACC)
+        ty = iy + (j // KS - R)
+        tx = ix + (j % KS - R)
+        # where(), not &: the interpreter mistypes a tensor & a scalar bool
+        t_ok = tl.where((ty >= 0) & (ty < H), q_ok & (tx >= 0) & (tx < W), False)
+        f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
+        acc += f.to(ACC) * kj[None, :]
 
-        acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
-        for j in range(KK):
-            t_base = k_base + (g * KK + j) * skc
-            if FROM_LOGITS:
-                kj = w00 * tl.exp2(tl.load(t_base + a00, mask=p_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse00)
-                kj += w01 * tl.exp2(tl.load(t_base + a01, mask=p_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse01)
-                kj += w10 * tl.exp2(tl.load(t_base + a10, mask=p_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse10)
-                kj += w11 * tl.exp2(tl.load(t_base + a11, mask=p_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse11)
-            else:
-                kj = tl.load(t_base + a_out, mask=p_ok, other=0.0).to(ACC)
-            ty = iy + (j // KS - R)
-            tx = ix + (j % KS - R)
-            # where(), not &: the interpreter mistypes a tensor & a scalar bool
-            t_ok = tl.where((ty >= 0) & (ty < H), p_ok & (tx >= 0) & (tx < W), False)
-            f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
-            acc += f.to(ACC) * kj[None, :]
-        out = out_base + (oy * suy + ox * sux)[None, :]
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
+    out = out_ptr + n * sun + c[:, None] * suc + (oy * suy + ox * sux)[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & q_ok[None, :])
 
 
 def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
@@ -115,12 +114,12 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     from_logits = offsets is not None
     off = offsets if from_logits else kernels  # CARAFE never reads it
     cpg = c // group_size
-    block_c, block_p, t_per, warps = forward_config(cpg, h, w, s, n * group_size, features.device)
-    grid = (n * h * triton.cdiv(w, block_p), group_size * triton.cdiv(cpg, block_c), triton.cdiv(s * s, t_per))
+    block_c, block_p, _, warps = block_config(cpg, w, kernel_size)
+    grid = (n * s * h * triton.cdiv(w, block_p) * s, group_size * triton.cdiv(cpg, block_c))
     _reassemble_kernel[grid](
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
-        h, w, cpg, s, t_per,
+        h, w, cpg, s,
         KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
         BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
