@@ -6,14 +6,12 @@
 """
 import torch
 
+from dlu_triton import benchmark as B
 from dlu_triton import ops
 from dlu_triton.kernels import backward
 
 n, c, h, w, k, s = 2, 256, 128, 128, 5, 2
-x = torch.randn(n, c, h, w, device="cuda")
-logits = torch.randn(n, k * k, h, w, device="cuda")
-offsets = torch.randn(n, 2 * s * s, h, w, device="cuda")
-masks = torch.softmax(torch.randn(n, k * k, s * h, s * w, device="cuda"), 1)
+x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, 1, s, "cuda")
 grad = torch.randn(n, c, s * h, s * w, device="cuda")
 for _ in range(2):  # the first round compiles
     ops.dlu_upsample(x, logits, offsets, k, 1, s)

@@ -26,16 +26,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 CASES = [(shape, "float32") for shape in SHAPES] + [(shape, d) for shape in LOW_SHAPES for d in ("bfloat16", "float16")]
 
 
-def dlu_args(shape, dtype, requires_grad=False):
+def op_args(op, shape, dtype, requires_grad=False):
     n, c, h, w, k, s = shape
-    t = [torch.randn(n, c, h, w), torch.randn(n, k * k, h, w), torch.randn(n, 2 * s * s, h, w)]
-    return [x.to(DEVICE, DTYPES[dtype]).requires_grad_(requires_grad) for x in t]
-
-
-def carafe_args(shape, dtype, requires_grad=False):
-    n, c, h, w, k, s = shape
-    masks = torch.softmax(torch.randn(n, k * k, s * h, s * w), 1)
-    return [x.to(DEVICE, DTYPES[dtype]).requires_grad_(requires_grad) for x in (torch.randn(n, c, h, w), masks)]
+    features, logits, offsets, masks = B.op_inputs(n, c, h, w, k, 1, s, DEVICE, DTYPES[dtype])
+    args = (features, logits, offsets) if op == "dlu" else (features, masks)
+    return [t.requires_grad_(requires_grad) for t in args]
 
 
 def forward_backward(fn, args):
@@ -56,28 +51,21 @@ def case_info(shape, dtype, direction, impl):
     return dict(shape=f"N{n} C{c} {h}x{w} k{k} s{s}", dtype=dtype, direction=direction, impl=impl)
 
 
-@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("shape,dtype", CASES, ids=str)
-def test_dlu_fused(bench, shape, dtype, direction):
-    n, c, h, w, k, s = shape
-    fn = lambda *a: ops.dlu_upsample(*a, k, 1, s)  # noqa: E731
-    args = dlu_args(shape, dtype, direction != "fwd")
-    run = (lambda: fn(*args)) if direction == "fwd" else forward_backward(fn, args)
-    nflops = flops.reassembly_flops(c, h, w, k, s, n) * (1 if direction == "fwd" else 3)
-    nbytes = minimal_bytes(B.dlu_bytes, shape, args[0].element_size(), direction)
-    bench(run, nbytes, nflops, **case_info(shape, dtype, direction, "fused"))
+OPS = {"dlu": (ops.dlu_upsample, B.dlu_bytes), "carafe": (ops.carafe, B.carafe_bytes)}
 
 
 @pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("shape,dtype", CASES, ids=str)
-def test_carafe_fused(bench, shape, dtype, direction):
+@pytest.mark.parametrize("op", OPS)
+def test_fused(bench, op, shape, dtype, direction):
     n, c, h, w, k, s = shape
-    fn = lambda *a: ops.carafe(*a, k, 1, s)  # noqa: E731
-    args = carafe_args(shape, dtype, direction != "fwd")
+    fused, formula = OPS[op]
+    fn = lambda *a: fused(*a, k, 1, s)  # noqa: E731
+    args = op_args(op, shape, dtype, direction != "fwd")
     run = (lambda: fn(*args)) if direction == "fwd" else forward_backward(fn, args)
     nflops = flops.reassembly_flops(c, h, w, k, s, n) * (1 if direction == "fwd" else 3)
-    nbytes = minimal_bytes(B.carafe_bytes, shape, args[0].element_size(), direction)
-    bench(run, nbytes, nflops, **case_info(shape, dtype, direction, "fused"))
+    nbytes = minimal_bytes(formula, shape, args[0].element_size(), direction)
+    bench(run, nbytes, nflops, **case_info(shape, dtype, direction, f"{op} fused"))
 
 
 REFERENCE_SHAPES = ANCHORS[:1] + ANCHORS[2:] if GPU else SHAPES[:1]
@@ -94,7 +82,7 @@ def test_dlu_reference(bench, shape, direction, impl):
     fn = lambda *a: reference.dlu_upsample(*a, k, 1, s)  # noqa: E731
     if impl != "reference":
         fn = torch.compile(fn)
-    args = dlu_args(shape, "float32", direction != "fwd")
+    args = op_args("dlu", shape, "float32", direction != "fwd")
     run = (lambda: fn(*args)) if direction == "fwd" else forward_backward(fn, args)
     nbytes = minimal_bytes(B.dlu_bytes, shape, 4, direction)
     bench(run, nbytes, flops.reassembly_flops(c, h, w, k, s, n), **case_info(shape, "float32", direction, impl))

@@ -60,9 +60,7 @@ def measure_scale(args, scale, bandwidth, log):
         rows[method] = row
     # The ops alone, against the bandwidth floor.
     k, g = 5, 1
-    logits = torch.randn(n, g * k * k, h, w, device=dev, dtype=dtype)
-    offsets = torch.randn(n, 2 * g * scale * scale, h, w, device=dev, dtype=dtype)
-    masks = torch.softmax(torch.randn(n, g * k * k, scale * h, scale * w, device=dev), 1).to(dtype)
+    _, logits, offsets, masks = B.op_inputs(n, c, h, w, k, g, scale, dev, dtype)
     log(f"  s={scale} fused ops ...")
     dlu_ms = B.time_ms(lambda: ops.dlu_upsample(x, logits, offsets, k, g, scale), dev)[0]
     carafe_ms = B.time_ms(lambda: ops.carafe(x, masks, k, g, scale), dev)[0]

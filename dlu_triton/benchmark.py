@@ -67,6 +67,15 @@ def carafe_bytes(n, c, h, w, k, g, s, element_size, backward=False):
     return element_size * ((2 * low + high + mask) if backward else (low + high))
 
 
+def op_inputs(n, c, h, w, k, g, s, device, dtype=torch.float32):
+    """Random features, kernel logits, offsets and (normalised) CARAFE masks for one shape."""
+    features = torch.randn(n, c, h, w, device=device, dtype=dtype)
+    logits = torch.randn(n, g * k * k, h, w, device=device, dtype=dtype)
+    offsets = torch.randn(n, 2 * g * s * s, h, w, device=device, dtype=dtype)
+    masks = torch.softmax(torch.randn(n, g, k * k, s * h, s * w, device=device), 2)
+    return features, logits, offsets, masks.reshape(n, g * k * k, s * h, s * w).to(dtype)
+
+
 def env_info(device):
     info = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), device=str(device))
