@@ -71,21 +71,27 @@ def test_fused(bench, op, shape, dtype, direction):
 REFERENCE_SHAPES = ANCHORS[:1] + ANCHORS[2:] if GPU else SHAPES[:1]
 
 
+REFERENCES = {"dlu": reference.dlu_upsample, "carafe": reference.carafe}
+
+
 @pytest.mark.parametrize("impl", ["reference", "torch.compile(reference)"])
 @pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("shape", REFERENCE_SHAPES, ids=str)
-def test_dlu_reference(bench, shape, direction, impl):
+@pytest.mark.parametrize("op", OPS)
+def test_reference(bench, op, shape, direction, impl):
     """What a user without this package runs: the PyTorch composition, eager or compiled."""
     if impl != "reference" and (not GPU or direction != "fwd"):
         pytest.skip("torch.compile is timed on the GPU, forward only (its compile time is the cost elsewhere)")
     n, c, h, w, k, s = shape
-    fn = lambda *a: reference.dlu_upsample(*a, k, 1, s)  # noqa: E731
+    composed = REFERENCES[op]
+    fn = lambda *a: composed(*a, k, 1, s)  # noqa: E731
     if impl != "reference":
         fn = torch.compile(fn)
-    args = op_args("dlu", shape, "float32", direction != "fwd")
+    args = op_args(op, shape, "float32", direction != "fwd")
     run = (lambda: fn(*args)) if direction == "fwd" else forward_backward(fn, args)
-    nbytes = minimal_bytes(B.dlu_bytes, shape, 4, direction)
-    bench(run, nbytes, flops.reassembly_flops(c, h, w, k, s, n), **case_info(shape, "float32", direction, impl))
+    nflops = flops.reassembly_flops(c, h, w, k, s, n) * (1 if direction == "fwd" else 3)
+    nbytes = minimal_bytes(OPS[op][1], shape, 4, direction)
+    bench(run, nbytes, nflops, **case_info(shape, "float32", direction, f"{op} {impl}"))
 
 
 @pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])

@@ -11,6 +11,7 @@ backward custom ops. Dispatch, by the features' device:
 Every check runs in Python before any kernel launches and raises TypeError or ValueError naming
 the argument.
 """
+import contextlib
 import os
 
 import torch
@@ -21,6 +22,11 @@ from .kernels import forward as fwd_kernels
 from .kernels.common import new_output, output_format
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _on_device(t):
+    """Triton launches on the current CUDA device, so make it the tensor's (cuda:1 works)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _use_triton(t):
@@ -91,9 +97,16 @@ def _upsampled(features, scale_factor):
     return new_output(features, (n, c, scale_factor * h, scale_factor * w))
 
 
-def _match_layout(t, like):
-    """The reference's result in the layout the fake implementation promises."""
-    return t.contiguous(memory_format=output_format(like))
+def _dispatch(features, kernel_fn, reference_fn, args, like):
+    """Run one op: the Triton kernels on the features' device, or the reference, whose results are
+    put in the memory formats the fake implementation promises (those of the tensors in `like`)."""
+    if _use_triton(features):
+        with _on_device(features):
+            return kernel_fn(*args)
+    out = reference_fn(*args)
+    if isinstance(out, torch.Tensor):
+        return out.contiguous(memory_format=output_format(like[0]))
+    return tuple(t.contiguous(memory_format=output_format(lk)) for t, lk in zip(out, like))
 
 
 # ---------------------------------------------------------------- DLU
@@ -104,11 +117,9 @@ def _dlu_upsample(
     features: torch.Tensor, kernel_logits: torch.Tensor, offsets: torch.Tensor,
     kernel_size: int, group_size: int, scale_factor: int,
 ) -> torch.Tensor:
-    check_dlu(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    if _use_triton(features):
-        return fwd_kernels.dlu_forward(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    out = reference.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    return _match_layout(out, features)
+    args = (features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    check_dlu(*args)
+    return _dispatch(features, fwd_kernels.dlu_forward, reference.dlu_upsample, args, (features,))
 
 
 @_dlu_upsample.register_fake
@@ -122,11 +133,8 @@ def _dlu_upsample_backward(
     grad_out: torch.Tensor, features: torch.Tensor, kernel_logits: torch.Tensor, offsets: torch.Tensor,
     kernel_size: int, group_size: int, scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    if _use_triton(features):
-        return bwd_kernels.dlu_backward(grad_out, *args)
-    grads = reference.dlu_upsample_backward(grad_out, *args)
-    return tuple(_match_layout(gr, t) for gr, t in zip(grads, args[:3]))
+    args = (grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    return _dispatch(features, bwd_kernels.dlu_backward, reference.dlu_upsample_backward, args, args[1:4])
 
 
 @_dlu_upsample_backward.register_fake
@@ -154,10 +162,9 @@ _dlu_upsample.register_autograd(_dlu_backward, setup_context=_dlu_setup_context)
 def _carafe(
     features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_size: int, scale_factor: int,
 ) -> torch.Tensor:
-    check_carafe(features, masks, kernel_size, group_size, scale_factor)
-    if _use_triton(features):
-        return fwd_kernels.carafe_forward(features, masks, kernel_size, group_size, scale_factor)
-    return _match_layout(reference.carafe(features, masks, kernel_size, group_size, scale_factor), features)
+    args = (features, masks, kernel_size, group_size, scale_factor)
+    check_carafe(*args)
+    return _dispatch(features, fwd_kernels.carafe_forward, reference.carafe, args, (features,))
 
 
 @_carafe.register_fake
@@ -171,11 +178,8 @@ def _carafe_backward(
     grad_out: torch.Tensor, features: torch.Tensor, masks: torch.Tensor,
     kernel_size: int, group_size: int, scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    args = (features, masks, kernel_size, group_size, scale_factor)
-    if _use_triton(features):
-        return bwd_kernels.carafe_backward(grad_out, *args)
-    grads = reference.carafe_backward(grad_out, *args)
-    return tuple(_match_layout(gr, t) for gr, t in zip(grads, args[:2]))
+    args = (grad_out, features, masks, kernel_size, group_size, scale_factor)
+    return _dispatch(features, bwd_kernels.carafe_backward, reference.carafe_backward, args, args[1:3])
 
 
 @_carafe_backward.register_fake
