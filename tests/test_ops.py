@@ -213,3 +213,25 @@ def test_carafe_rejects_bad_input(change, error, message):
     args = {**dict(features=f, masks=m, kernel_size=3, group_size=2, scale_factor=2), **change}
     with pytest.raises(error, match=message):
         dlu_triton.carafe(**args)
+
+
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_mode_refuses_the_atomic_backward(device, path, deterministic):
+    """Only the DLU backward on the Triton path uses atomics; CARAFE's backward and the
+    reference are deterministic and keep working."""
+    inputs = [t.requires_grad_() for t in dlu_inputs(1, 4, 2, 3, 3, 1, 2, dtype=exact_dtype(device), device=device)]
+    out = dlu_triton.dlu_upsample(*inputs, 3, 1, 2).sum()
+    if path == "triton":
+        with pytest.raises(RuntimeError, match="atomic adds, which is not deterministic"):
+            out.backward()
+    elif device == "cpu":
+        out.backward()
+    features, masks = (t.requires_grad_() for t in carafe_inputs(1, 4, 2, 3, 3, 1, 2, dtype=exact_dtype(device), device=device))
+    dlu_triton.carafe(features, masks, 3, 1, 2).sum().backward()
+    assert features.grad is not None and masks.grad is not None
