@@ -7,7 +7,7 @@ gives each output pixel the kernel of its source pixel.
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import carafe, dlu_upsample
+from .ops import _check_int, carafe, dlu_upsample
 
 
 def _check_config(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels):
@@ -15,10 +15,7 @@ def _check_config(channels, scale_factor, up_kernel, up_group, encoder_kernel, e
         channels=channels, scale_factor=scale_factor, up_kernel=up_kernel, up_group=up_group,
         encoder_kernel=encoder_kernel, encoder_dilation=encoder_dilation, compressed_channels=compressed_channels,
     ).items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        _check_int(name, value, 1)
     if up_kernel % 2 == 0:
         raise ValueError(f"up_kernel must be odd, got {up_kernel}")
     if encoder_kernel % 2 == 0:

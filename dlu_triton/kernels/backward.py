@@ -167,7 +167,7 @@ def _mask_grad(grad_out, features, logits, offsets, k_out, dlogits, doffsets, ke
     s = scale_factor
     from_logits = logits is not None
     logits, offsets, dlogits, doffsets = (t if from_logits else k_out for t in (logits, offsets, dlogits, doffsets))
-    block_q = block_config(c // group_size, s * w, kernel_size)[2]
+    block_q = block_config(c // group_size, s * w)[2]
     grid = (n * s * h * triton.cdiv(s * w, block_q), group_size)
     tensors = (grad_out, features, logits, offsets, k_out, dlogits, doffsets)
     _mask_grad_kernel[grid](
@@ -182,7 +182,7 @@ def _mask_grad(grad_out, features, logits, offsets, k_out, dlogits, doffsets, ke
 def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_factor):
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
-    block_c, block_q, _, warps = block_config(cpg, w, kernel_size)
+    block_c, block_q, _, warps = block_config(cpg, w)
     grid = (n * h * triton.cdiv(w, block_q), group_size * triton.cdiv(cpg, block_c))
     _feature_grad_kernel[grid](
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),

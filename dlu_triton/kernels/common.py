@@ -89,7 +89,7 @@ def taps_padded(kernel_size):
     return triton.next_power_of_2(kernel_size * kernel_size)
 
 
-def block_config(channels_per_group, row_length, kernel_size):
+def block_config(channels_per_group, row_length):
     """The one place block sizes are chosen: (BLOCK_C, BLOCK_P, BLOCK_QK, num_warps).
 
     Reassembly tiles are BLOCK_C channels x BLOCK_P pixels of one row (about 8192 fp32 outputs,
@@ -98,7 +98,7 @@ def block_config(channels_per_group, row_length, kernel_size):
     docs/results/h100-block-sweep.md has the measurements behind these choices.
     """
     block_c = min(triton.next_power_of_2(channels_per_group), 256)
-    block_q = max(16, min(64, 8192 // block_c, triton.next_power_of_2(row_length)))
+    block_p = max(16, min(64, 8192 // block_c, triton.next_power_of_2(row_length)))
     block_qk = 16  # the mask-gradient kernel is latency-bound; more, smaller programs help (block sweep)
-    warps = 8 if block_c * block_q >= 8192 else 4
-    return block_c, block_q, block_qk, warps
+    warps = 8 if block_c * block_p >= 8192 else 4
+    return block_c, block_p, block_qk, warps

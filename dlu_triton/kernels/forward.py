@@ -114,7 +114,7 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     from_logits = offsets is not None
     off = offsets if from_logits else kernels  # CARAFE never reads it
     cpg = c // group_size
-    block_c, block_p, _, warps = block_config(cpg, w, kernel_size)
+    block_c, block_p, _, warps = block_config(cpg, w)
     grid = (n * s * h * triton.cdiv(w, block_p) * s, group_size * triton.cdiv(cpg, block_c))
     _reassemble_kernel[grid](
         features, kernels, off, out,

@@ -49,9 +49,8 @@ def test_index_width():
 def test_block_config_tiles_fit():
     for cpg in (1, 7, 64, 256, 1024):
         for row in (1, 17, 64, 1000):
-            for k in (1, 3, 5, 7):
-                block_c, block_q, block_qk, warps = common.block_config(cpg, row, k)
-                assert block_c * block_q <= 8192 and block_qk * common.taps_padded(k) <= 2048
-                assert warps in (4, 8)
+            block_c, block_p, block_qk, warps = common.block_config(cpg, row)
+            assert block_c * block_p <= 8192 and block_qk * common.taps_padded(7) <= 2048
+            assert warps in (4, 8)
 
 
