@@ -124,6 +124,19 @@ def _dispatch(features, kernel_fn, reference_fn, args, like):
     return tuple(t.contiguous(memory_format=output_format(lk)) for t, lk in zip(out, like))
 
 
+def _register_autograd(op, backward_op):
+    """Autograd for an op whose arguments are tensors then (kernel_size, group_size, scale_factor):
+    save the tensor inputs (no intermediates) and call `backward_op` on them."""
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:-3])
+        ctx.config = inputs[-3:]
+
+    def backward(ctx, grad_out):
+        return *backward_op(grad_out, *ctx.saved_tensors, *ctx.config), None, None, None
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
 # ---------------------------------------------------------------- DLU
 
 
@@ -159,17 +172,7 @@ def _(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale
     return tuple(new_output(t, t.shape) for t in (features, kernel_logits, offsets))
 
 
-def _dlu_setup_context(ctx, inputs, output):
-    features, kernel_logits, offsets, *ctx.config = inputs
-    ctx.save_for_backward(features, kernel_logits, offsets)
-
-
-def _dlu_backward(ctx, grad_out):
-    grads = torch.ops.dlu_triton.dlu_upsample_backward(grad_out, *ctx.saved_tensors, *ctx.config)
-    return *grads, None, None, None
-
-
-_dlu_upsample.register_autograd(_dlu_backward, setup_context=_dlu_setup_context)
+_register_autograd(_dlu_upsample, _dlu_upsample_backward)
 
 
 # ---------------------------------------------------------------- CARAFE
@@ -204,17 +207,7 @@ def _(grad_out, features, masks, kernel_size, group_size, scale_factor):
     return tuple(new_output(t, t.shape) for t in (features, masks))
 
 
-def _carafe_setup_context(ctx, inputs, output):
-    features, masks, *ctx.config = inputs
-    ctx.save_for_backward(features, masks)
-
-
-def _carafe_bwd(ctx, grad_out):
-    grads = torch.ops.dlu_triton.carafe_backward(grad_out, *ctx.saved_tensors, *ctx.config)
-    return *grads, None, None, None
-
-
-_carafe.register_autograd(_carafe_bwd, setup_context=_carafe_setup_context)
+_register_autograd(_carafe, _carafe_backward)
 
 
 # ---------------------------------------------------------------- public functions
