@@ -12,8 +12,8 @@ Every check runs in Python before any kernel launches and raises TypeError or Va
 the argument.
 """
 import contextlib
+import functools
 import os
-import warnings
 
 import torch
 
@@ -98,20 +98,6 @@ def _upsampled(features, scale_factor):
     return new_output(features, (n, c, scale_factor * h, scale_factor * w))
 
 
-def _alert_atomics(op):
-    """The fused DLU backward adds the logits' gradient with atomics: its last bits can vary run
-    to run. Under torch.use_deterministic_algorithms that must be said, as PyTorch's own
-    nondeterministic kernels say it."""
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    message = (f"{op} on the Triton path accumulates the kernel_logits gradient with atomic adds, "
-               "which is not deterministic; run it on CPU (the reference) for bitwise reproducible gradients")
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(message)
-    else:
-        raise RuntimeError(message)
-
-
 def _dispatch(features, kernel_fn, reference_fn, args, like):
     """Run one op: the Triton kernels on the features' device, or the reference, whose results are
     put in the memory formats the fake implementation promises (those of the tensors in `like`)."""
@@ -162,9 +148,10 @@ def _dlu_upsample_backward(
     kernel_size: int, group_size: int, scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     args = (grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    if _use_triton(features):
-        _alert_atomics("dlu_upsample_backward")
-    return _dispatch(features, bwd_kernels.dlu_backward, reference.dlu_upsample_backward, args, args[1:4])
+    # The default logits gradient is summed with atomics (last bits vary run to run); PyTorch's
+    # deterministic mode gets the variant summed in a fixed order.
+    kernels = functools.partial(bwd_kernels.dlu_backward, deterministic=torch.are_deterministic_algorithms_enabled())
+    return _dispatch(features, kernels, reference.dlu_upsample_backward, args, args[1:4])
 
 
 @_dlu_upsample_backward.register_fake

@@ -5,6 +5,13 @@ pixel_shuffle, grid_sample with border padding and align_corners=True, CARAFE re
 unfold), so every intermediate (the high-resolution mask included) exists in memory. See
 `../shared/dlu-semantics.md` for the contract.
 
+Non-finite values. A NaN offset makes its output point NaN (every channel of its group) and its
+offsets' gradient NaN, and sends nothing into the logits' gradient. grid_sample alone would
+segfault on a NaN coordinate on CPU and sample pixel 0 on CUDA (pytorch/pytorch#24823), so the
+point is sampled at a harmless position and marked afterwards. Infinite offsets clamp to the
+border like any large offset. NaN or +inf logits, and NaN or infinite features, propagate
+through the softmax and the sums as PyTorch's own ops propagate them.
+
 The backward functions spell the gradient out with ATen's own backward kernels, because the
 custom ops call them where autograd is switched off; tests check them against autograd through
 the forward functions.
@@ -15,9 +22,9 @@ import torch.nn.functional as F
 
 def _normalise(pos, size):
     # align_corners=True sends -1 and +1 to the centres of pixels 0 and size-1. The official code
-    # divides by size-1, which is zero for a single pixel; there every position pins to pixel 0,
-    # and `pos * 0` keeps a non-finite offset non-finite.
-    return pos * (2.0 / (size - 1)) - 1.0 if size > 1 else pos * 0.0
+    # divides by size-1, which is zero for a single pixel; there every position, infinite ones
+    # included, pins to pixel 0, and the clamp keeps a NaN NaN.
+    return pos * (2.0 / (size - 1)) - 1.0 if size > 1 else pos.clamp(0.0, 0.0)
 
 
 def _sampling_grid(offsets, group_size, scale_factor, height, width):
@@ -36,13 +43,20 @@ def _kernel_space(kernel_logits, kernel_size, group_size):
     return F.softmax(kernel_logits.reshape(n * group_size, kernel_size**2, h, w), dim=1)
 
 
+def _sample(space, grid):
+    """grid_sample of the kernel space, NaN where the grid is; also the NaN points and the safe grid."""
+    nan = grid.isnan().any(-1)
+    safe = grid.masked_fill(nan[..., None], 0.0)
+    masks = F.grid_sample(space, safe, mode="bilinear", padding_mode="border", align_corners=True)
+    return masks.masked_fill(nan[:, None], float("nan")), nan, safe
+
+
 def dlu_masks(kernel_logits, offsets, kernel_size, group_size, scale_factor):
     """The high-resolution reassembly mask (N, G*k*k, s*H, s*W) that DLU samples."""
     n, _, h, w = kernel_logits.shape
     s = scale_factor
     space = _kernel_space(kernel_logits, kernel_size, group_size)
-    grid = _sampling_grid(offsets, group_size, s, h, w)
-    masks = F.grid_sample(space, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    masks = _sample(space, _sampling_grid(offsets, group_size, s, h, w))[0]
     return masks.reshape(n, group_size * kernel_size**2, s * h, s * w)
 
 
@@ -79,12 +93,12 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
     n, _, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
     space = _kernel_space(kernel_logits, k, g)
-    grid = _sampling_grid(offsets, g, s, h, w)
-    masks = F.grid_sample(space, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    masks, nan, safe = _sample(space, _sampling_grid(offsets, g, s, h, w))
     grad_features, grad_masks = carafe_backward(grad_out, features, masks.reshape(n, g * k * k, s * h, s * w), k, g, s)
     grad_space, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-        grad_masks.reshape(masks.shape), space, grid, 0, 1, True, [True, True]
+        grad_masks.reshape(masks.shape).masked_fill(nan[:, None], 0.0), space, safe, 0, 1, True, [True, True]
     )  # 0: bilinear, 1: border padding
+    grad_grid = grad_grid.masked_fill(nan[..., None], float("nan"))
     grad_logits = space * (grad_space - (space * grad_space).sum(1, keepdim=True))
     # d grid / d offset is the normalisation's slope (zero for a single pixel).
     gx = grad_grid[..., 0] * (2.0 / (w - 1) if w > 1 else 0.0)

@@ -10,7 +10,10 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
        d logits[., corner c] += w_c * P_c * (dK - <P_c, dK>)                         (softmax backward)
    The offsets' gradient belongs to one output pixel and is stored directly; the logits' gradient
    lands on corners that the offsets choose, so it is scattered with fp32 atomics (fp64 for fp64
-   inputs). DLU's kernel also writes K, the mask step 2 needs; it lives only during backward.
+   inputs), whose order, and so whose last bits, vary run to run. The deterministic variant
+   (under torch.use_deterministic_algorithms) instead stores each point's four corner shares
+   with their target rows, and torch's index_add_, deterministic in that mode, sums them in a
+   fixed order. DLU's kernel also writes K, the mask step 2 needs; it lives only during backward.
 2. Features gradient, a gather over the output pixels whose taps read each input pixel:
        dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
    so every input pixel is written once, without atomics.
@@ -29,16 +32,25 @@ from .common import (
 
 
 @triton.jit
-def _scatter_logit_grad(d_base, corner, pc, wc, dk, ok):
-    """Softmax backward of one corner's share, w_c * P_c * (dK - <P_c, dK>), added to its logits."""
+def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, ATOMIC: tl.constexpr):
+    """Softmax backward of one corner's share, w_c * P_c * (dK - <P_c, dK>): added to the logits'
+    gradient at d_at with atomics, or stored at share_at with its row for a deterministic sum."""
     dl = wc[:, None] * pc * (dk - tl.sum(pc * dk, axis=1)[:, None])
-    tl.atomic_add(d_base + corner[:, None], dl, mask=ok & (wc != 0.0)[:, None], sem="relaxed")
+    # Zero-weight corners count (grid_sample adds 0 * a NaN gradient as NaN); NaN-weight ones,
+    # the points of NaN offsets, do not.
+    live = (wc >= 0.0)[:, None]
+    if ATOMIC:
+        tl.atomic_add(d_at, dl, mask=ok & live, sem="relaxed")
+    else:
+        tl.store(share_at, tl.where(live, dl, 0.0), mask=ok)
+        tl.store(row_at, row.to(tl.int64), mask=q_ok)
 
 
 @triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
 def _mask_grad_kernel(
     gy_ptr, x_ptr, l_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dy; features; logits; offsets;
     # K out (DLU) or mask gradient out (CARAFE); logits-gradient accumulator; offsets gradient
+    share_ptr, row_ptr,  # deterministic DLU: corner shares [N, G, sH, sW, 4, k*k], their rows [.., 4]
     sgn, sgc, sgy, sgx,  # dy strides
     sxn, sxc, sxy, sxx,  # features strides
     sln, slc, sly, slx,  # logits strides
@@ -50,6 +62,7 @@ def _mask_grad_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
+    ATOMIC: tl.constexpr,  # DLU: 1 adds the logits' gradient with atomics, 0 stores corner shares
     BLOCK_Q: tl.constexpr,  # output pixels (of one row) per program
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
@@ -100,17 +113,31 @@ def _mask_grad_kernel(
 
         d_px = tl.sum(dk * ((1.0 - fy)[:, None] * (p01 - p00) + fy[:, None] * (p11 - p10)), axis=1)
         d_py = tl.sum(dk * ((1.0 - fx)[:, None] * (p10 - p00) + fx[:, None] * (p11 - p01)), axis=1)
+        # Clamped points get no gradient (grid_sample's 0 * gradient, so a NaN stays NaN); the
+        # point of a NaN offset gets NaN in both coordinates.
+        lost = (fy != fy) | (fx != fx)
+        d_px = tl.where(lost, float("nan"), d_px * in_x.to(ACC))
+        d_py = tl.where(lost, float("nan"), d_py * in_y.to(ACC))
         e_base = doff_ptr + n * sen + iy * sey + ix * sex
         e_ch = 2 * g * S * S + sub
         doff_ty = doff_ptr.dtype.element_ty
-        tl.store(e_base + e_ch * sec, (d_px * in_x.to(ACC)).to(doff_ty), mask=q_ok)
-        tl.store(e_base + (e_ch + S * S) * sec, (d_py * in_y.to(ACC)).to(doff_ty), mask=q_ok)
+        tl.store(e_base + e_ch * sec, d_px.to(doff_ty), mask=q_ok)
+        tl.store(e_base + (e_ch + S * S) * sec, d_py.to(doff_ty), mask=q_ok)
 
         d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, :]
-        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x0.to(IDX) * sdx, p00, w00, dk, qj_ok)
-        _scatter_logit_grad(d_base, y0.to(IDX) * sdy + x1.to(IDX) * sdx, p01, w01, dk, qj_ok)
-        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x0.to(IDX) * sdx, p10, w10, dk, qj_ok)
-        _scatter_logit_grad(d_base, y1.to(IDX) * sdy + x1.to(IDX) * sdx, p11, w11, dk, qj_ok)
+        point = ((n * tl.num_programs(1) + g) * (H * S) + oy) * (W * S) + ox  # [Q], in the share buffers
+        share = share_ptr + (point * 4 * KK)[:, None] + j[None, :]
+        rows = row_ptr + point * 4
+        y0r = ((n * tl.num_programs(1) + g) * H + y0) * W  # rows of the logits' gradient as [N*G*H*W, k*k]
+        y1r = ((n * tl.num_programs(1) + g) * H + y1) * W
+        _logit_grad_share(d_base + (y0.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share, rows, y0r + x0,
+                          p00, w00, dk, q_ok, qj_ok, ATOMIC)
+        _logit_grad_share(d_base + (y0.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + KK, rows + 1, y0r + x1,
+                          p01, w01, dk, q_ok, qj_ok, ATOMIC)
+        _logit_grad_share(d_base + (y1.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share + 2 * KK, rows + 2, y1r + x0,
+                          p10, w10, dk, q_ok, qj_ok, ATOMIC)
+        _logit_grad_share(d_base + (y1.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + 3 * KK, rows + 3, y1r + x1,
+                          p11, w11, dk, q_ok, qj_ok, ATOMIC)
     else:
         tl.store(k_out, dk.to(k_ptr.dtype.element_ty), mask=qj_ok)
 
@@ -162,19 +189,22 @@ def _feature_grad_kernel(
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
 
 
-def _mask_grad(grad_out, features, logits, offsets, k_out, dlogits, doffsets, kernel_size, group_size, scale_factor):
+def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor, dlu=None):
+    """CARAFE: k_out receives the masks' gradient. DLU: dlu = (logits, offsets, dlogits, doffsets,
+    shares, rows), k_out receives K, and shares = None means the atomic logits gradient."""
     n, c, h, w = features.shape
     s = scale_factor
-    from_logits = logits is not None
-    logits, offsets, dlogits, doffsets = (t if from_logits else k_out for t in (logits, offsets, dlogits, doffsets))
+    logits, offsets, dlogits, doffsets, shares, rows = dlu or (k_out,) * 6
+    atomic = shares is None
+    shares, rows = (dlogits, dlogits) if atomic else (shares, rows)  # the atomic kernel never reads them
     block_q = block_config(c // group_size, s * w)[2]
     grid = (n * s * h * triton.cdiv(s * w, block_q), group_size)
     tensors = (grad_out, features, logits, offsets, k_out, dlogits, doffsets)
     _mask_grad_kernel[grid](
-        *tensors, *(st for t in tensors for st in t.stride()),
+        *tensors, shares, rows, *(st for t in tensors for st in t.stride()),
         h, w, c // group_size, s,
-        KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
-        BLOCK_Q=block_q, ACC=acc_dtype(features), IDX=index_dtype(*tensors),
+        KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(dlu is not None), ATOMIC=int(atomic),
+        BLOCK_Q=block_q, ACC=acc_dtype(features), IDX=index_dtype(*tensors, shares),
         num_warps=4,
     )
 
@@ -193,18 +223,32 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
     )
 
 
-def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor, deterministic=False):
+    """deterministic: sum the logits' gradient with index_add_ (deterministic under
+    torch.use_deterministic_algorithms) instead of atomics, at 4*G*k*k*s*s*H*W*N extra floats."""
     n, _, h, w = features.shape
-    s, kk = scale_factor, kernel_size * kernel_size
+    g, s, kk = group_size, scale_factor, kernel_size * kernel_size
     acc = torch.float64 if features.dtype == torch.float64 else torch.float32
     dfeatures = new_output(features, features.shape)
     doffsets = new_output(offsets, offsets.shape)
     if features.numel() == 0:
         return dfeatures, new_output(kernel_logits, kernel_logits.shape), doffsets
-    masks = new_output(features, (n, group_size * kk, s * h, s * w), dtype=acc)
+    masks = new_output(features, (n, g * kk, s * h, s * w), dtype=acc)
     dlogits = torch.zeros(kernel_logits.shape, dtype=acc, device=features.device)
-    _mask_grad(grad_out, features, kernel_logits, offsets, masks, dlogits, doffsets, kernel_size, group_size, s)
-    _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, s)
+    shares = rows = None
+    if deterministic:
+        shares = new_output(dlogits, (n, g, s * h, s * w, 4, kk))
+        rows = torch.empty((n, g, s * h, s * w, 4), dtype=torch.int64, device=features.device)
+    _mask_grad(grad_out, features, masks, kernel_size, g, s, (kernel_logits, offsets, dlogits, doffsets, shares, rows))
+    _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
+    if deterministic:
+        summed = torch.zeros(n * g * h * w, kk, dtype=acc, device=features.device)
+        summed.index_add_(0, rows.view(-1), shares.view(-1, kk))
+        dlogits = summed.view(n, g, h, w, kk).permute(0, 1, 4, 2, 3).reshape(dlogits.shape)
+    # The softmax backward is dense in the reference: a group whose kernel space is NaN (a NaN or
+    # +inf logit, or all -inf) has a NaN gradient even where no output samples it.
+    space = torch.softmax(kernel_logits.view(n, g, kk, h, w), 2, dtype=acc)
+    dlogits = dlogits.masked_fill(space.isnan().reshape(dlogits.shape), float("nan"))
     dlogits_out = new_output(kernel_logits, kernel_logits.shape)
     dlogits_out.copy_(dlogits)
     return dfeatures, dlogits_out, doffsets
@@ -215,6 +259,6 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
     dmasks = new_output(masks, masks.shape)
     if features.numel() == 0:
         return dfeatures, dmasks
-    _mask_grad(grad_out, features, None, None, dmasks, None, None, kernel_size, group_size, scale_factor)
+    _mask_grad(grad_out, features, dmasks, kernel_size, group_size, scale_factor)
     _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_factor)
     return dfeatures, dmasks

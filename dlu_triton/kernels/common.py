@@ -36,28 +36,32 @@ def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr
     return y0, y1, x0, x1, py - y0f, px - x0f, in_y, in_x
 
 
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
 @triton.jit
 def corner_logits(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """The k*k logits of group g at each point's corner, times log2(e), [Q, KKP]; padding is -inf."""
+    """The k*k logits of group g at each point's corner, [Q, KKP]; padding is -inf."""
     j = tl.arange(0, KKP)
     j_ok = (j < KK)[None, :]
     v = tl.load(l_base + corner[:, None] + ((g * KK + j) * slc)[None, :], mask=ok[:, None] & j_ok, other=0.0)
-    return tl.where(j_ok, v.to(ACC) * 1.4426950408889634, float("-inf"))
+    return tl.where(j_ok, v.to(ACC), float("-inf"))
 
 
 @triton.jit
-def corner_lse2(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """Base-2 log-sum-exp of a corner's logits, [Q]: exp2(l * log2(e) - lse2) is the softmax."""
+def corner_lse(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
+    """Log-sum-exp of a corner's logits, [Q]: exp(l - lse) is the softmax. The maximum is
+    subtracted before scaling by log2(e), so logits near the dtype's maximum cannot overflow."""
     v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
     m = tl.max(v, axis=1)
-    return m + tl.log2(tl.sum(tl.exp2(v - m[:, None]), axis=1))
+    return m + tl.log2(tl.sum(tl.exp2((v - m[:, None]) * LOG2E), axis=1)) / LOG2E
 
 
 @triton.jit
 def corner_softmax(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
     """Softmax over a corner's logits, [Q, KKP] (zero on padding taps)."""
     v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
-    e = tl.exp2(v - tl.max(v, axis=1)[:, None])
+    e = tl.exp2((v - tl.max(v, axis=1)[:, None]) * LOG2E)
     return e / tl.sum(e, axis=1)[:, None]
 
 

@@ -16,8 +16,8 @@ so neither the softmaxed kernel space nor the high-resolution mask ever reaches 
 Program: image n, output row oy, sub-pixel column sx, BLOCK_P consecutive source pixels ix of
 that row (output columns ix*s + sx) and BLOCK_C channels of one group. The tap gathers then read
 consecutive pixels (coalesced), and the s programs that differ only in sx are neighbours in the
-grid, so L2 merges their interleaved stores. For DLU each point first takes the base-2
-log-sum-exp of its 4 corners' logits; a tap then costs 4 gathers and 4 exp2 per point, shared by
+grid, so L2 merges their interleaved stores. For DLU each point first takes the log-sum-exp of
+its 4 corners' logits; a tap then costs 4 gathers and 4 exp2 per point, shared by
 the program's BLOCK_C channels. Accumulation is in fp32 (fp64 for fp64 inputs); the store casts
 to the output dtype.
 """
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .common import (
-    acc_dtype, block_config, corner_lse2, index_dtype, new_output, sampling_point, taps_padded,
+    LOG2E, acc_dtype, block_config, corner_lse, index_dtype, new_output, sampling_point, taps_padded,
 )
 
 
@@ -72,10 +72,10 @@ def _reassemble_kernel(
         a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
         a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
         a11 = y1.to(IDX) * sky + x1.to(IDX) * skx
-        lse00 = corner_lse2(k_base, a00, g, q_ok, skc, KK, KKP, ACC)
-        lse01 = corner_lse2(k_base, a01, g, q_ok, skc, KK, KKP, ACC)
-        lse10 = corner_lse2(k_base, a10, g, q_ok, skc, KK, KKP, ACC)
-        lse11 = corner_lse2(k_base, a11, g, q_ok, skc, KK, KKP, ACC)
+        lse00 = corner_lse(k_base, a00, g, q_ok, skc, KK, KKP, ACC)
+        lse01 = corner_lse(k_base, a01, g, q_ok, skc, KK, KKP, ACC)
+        lse10 = corner_lse(k_base, a10, g, q_ok, skc, KK, KKP, ACC)
+        lse11 = corner_lse(k_base, a11, g, q_ok, skc, KK, KKP, ACC)
         w00 = (1.0 - fy) * (1.0 - fx)
         w01 = (1.0 - fy) * fx
         w10 = fy * (1.0 - fx)
@@ -88,10 +88,10 @@ def _reassemble_kernel(
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
         if FROM_LOGITS:
-            kj = w00 * tl.exp2(tl.load(t_base + a00, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse00)
-            kj += w01 * tl.exp2(tl.load(t_base + a01, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse01)
-            kj += w10 * tl.exp2(tl.load(t_base + a10, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse10)
-            kj += w11 * tl.exp2(tl.load(t_base + a11, mask=q_ok, other=0.0).to(ACC) * 1.4426950408889634 - lse11)
+            kj = w00 * tl.exp2((tl.load(t_base + a00, mask=q_ok, other=0.0).to(ACC) - lse00) * LOG2E)
+            kj += w01 * tl.exp2((tl.load(t_base + a01, mask=q_ok, other=0.0).to(ACC) - lse01) * LOG2E)
+            kj += w10 * tl.exp2((tl.load(t_base + a10, mask=q_ok, other=0.0).to(ACC) - lse10) * LOG2E)
+            kj += w11 * tl.exp2((tl.load(t_base + a11, mask=q_ok, other=0.0).to(ACC) - lse11) * LOG2E)
         else:
             kj = tl.load(t_base + a_out, mask=q_ok, other=0.0).to(ACC)
         ty = iy + (j // KS - R)
