@@ -4,6 +4,7 @@ Initialisation follows the official code: xavier-uniform for every conv (zero bi
 normal(std=0.001) for the kernel predictor, and DLU's conv_offset all zero, so an untrained DLU
 gives each output pixel the kernel of its source pixel.
 """
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -46,6 +47,23 @@ class _Upsampler(nn.Module):
         self.up_group = up_group
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
 
+    def _check_input(self, x):
+        """The module's input, named `x`, checked before the convolutions see it."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x must be 4-D (N, C, H, W), got {x.dim()}-D with shape {tuple(x.shape)}")
+        if x.shape[1] != self.channels:
+            raise ValueError(f"x must have {self.channels} channels (the module's `channels`), got {x.shape[1]}")
+        weight = self.channel_compressor.weight
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x has dtype {x.dtype} but the module's parameters are {weight.dtype}; "
+                            "convert one (module.to(dtype)) or run under torch.autocast")
+        if x.device != weight.device:
+            raise ValueError(f"x is on {x.device} but the module's parameters are on {weight.device}")
+
     def extra_repr(self):
         return f"channels={self.channels}, scale_factor={self.scale_factor}, up_kernel={self.up_kernel}, up_group={self.up_group}"
 
@@ -69,6 +87,7 @@ class DLU(_Upsampler):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x):
+        self._check_input(x)
         c = self.channel_compressor(x)
         return dlu_upsample(
             x, self.kernel_space_generator(c), self.conv_offset(c), self.up_kernel, self.up_group, self.scale_factor)
@@ -95,5 +114,6 @@ class CARAFEPack(_Upsampler):
         return F.softmax(mask.view(n, c // self.up_kernel**2, -1, h, w), dim=2).view(n, c, h, w)
 
     def forward(self, x):
+        self._check_input(x)
         mask = self.kernel_normalizer(self.content_encoder(self.channel_compressor(x)))
         return carafe(x, mask, self.up_kernel, self.up_group, self.scale_factor)

@@ -9,7 +9,8 @@ backward custom ops. Dispatch, by the features' device:
 - otherwise (CPU, or float64 on CUDA): the PyTorch reference.
 
 Every check runs in Python before any kernel launches and raises TypeError or ValueError naming
-the argument.
+the argument. Under torch.autocast the ops compute in their tensors' widest floating dtype
+(`_register_autocast`).
 """
 import contextlib
 import functools
@@ -64,7 +65,7 @@ def _check_common(tensors, kernel_size, group_size, scale_factor):
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     (first, f), *rest = tensors.items()
     for name, t in rest:
-        if t.dtype != f.dtype:
+        if t.dtype != f.dtype and not torch.is_autocast_enabled(f.device.type):  # autocast unifies them
             raise TypeError(f"{name} has dtype {t.dtype} but {first} has {f.dtype}; they must match")
         if t.device != f.device:
             raise ValueError(f"{name} is on {t.device} but {first} is on {f.device}; they must match")
@@ -121,6 +122,25 @@ def _register_autograd(op, backward_op):
         return *backward_op(grad_out, *ctx.saved_tensors, *ctx.config), None, None, None
 
     op.register_autograd(backward, setup_context=setup_context)
+
+
+_AUTOCAST = torch.library.Library("dlu_triton", "IMPL")
+
+
+def _register_autocast(name):
+    """Under torch.autocast (CUDA or CPU) the op computes in its tensors' widest floating dtype
+    and returns it, as torch.cat does: in an autocast model the convolutions' bf16/fp16
+    predictions keep it in low precision (fp32 accumulation inside), an fp32 input keeps it fp32.
+    (torch.library.register_autocast would cast to one fixed dtype.)"""
+    op = getattr(torch.ops.dlu_triton, name).default
+    for device_type in ("cuda", "cpu"):
+        def kernel(_keyset, *args, device_type=device_type):
+            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            widest = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+            with torch.autocast(device_type, enabled=False):
+                return op(*(a.to(widest) if any(a is t for t in tensors) else a for a in args))
+
+        _AUTOCAST.impl(name, kernel, "Autocast" + device_type.upper(), with_keyset=True)
 
 
 # ---------------------------------------------------------------- DLU
@@ -195,6 +215,10 @@ def _(grad_out, features, masks, kernel_size, group_size, scale_factor):
 
 
 _register_autograd(_carafe, _carafe_backward)
+# The backward ops too: a backward run inside the autocast region must not autocast the
+# reference's own einsums.
+for _name in ("dlu_upsample", "dlu_upsample_backward", "carafe", "carafe_backward"):
+    _register_autocast(_name)
 
 
 # ---------------------------------------------------------------- public functions

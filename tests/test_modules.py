@@ -82,6 +82,21 @@ def test_module_rejects_bad_config(module, kwargs, error, message):
         module(**kwargs)
 
 
-def test_module_rejects_wrong_channels():
-    with pytest.raises(RuntimeError, match="channels"):
-        dlu_triton.DLU(8, 2)(torch.randn(1, 6, 3, 3))
+@pytest.mark.parametrize("x,error,message", [
+    (torch.randn(1, 6, 3, 3), ValueError, "x must have 8 channels"),
+    (torch.randn(8, 3, 3), ValueError, "x must be 4-D"),
+    (torch.randint(0, 3, (1, 8, 3, 3)), TypeError, "x must be a floating-point tensor"),
+    (torch.randn(1, 8, 3, 3, dtype=torch.float64), TypeError, "x has dtype torch.float64 but the module's parameters"),
+    ("an image", TypeError, "x must be a torch.Tensor"),
+], ids=["channels", "rank", "integer", "dtype", "not a tensor"])
+@pytest.mark.parametrize("module", [dlu_triton.DLU, dlu_triton.CARAFEPack])
+def test_module_rejects_bad_input(module, x, error, message):
+    with pytest.raises(error, match=message):
+        module(8, 2)(x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixing devices needs a GPU")
+@pytest.mark.parametrize("module", [dlu_triton.DLU, dlu_triton.CARAFEPack])
+def test_module_rejects_input_on_another_device(module):
+    with pytest.raises(ValueError, match="x is on cuda"):
+        module(8, 2)(torch.randn(1, 8, 3, 3, device="cuda"))

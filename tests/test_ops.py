@@ -177,43 +177,63 @@ BAD_DLU = [
 ]
 
 
+def assert_rejected(op, args, error, message):
+    """The public function and, for what the op's schema accepts, the raw op raise the same error."""
+    with pytest.raises(error, match=message):
+        getattr(dlu_triton, op)(**args)
+    values = list(args.values())
+    n_tensors = 3 if op == "dlu_upsample" else 2
+    if all(isinstance(v, torch.Tensor) for v in values[:n_tensors]) and all(type(v) is int for v in values[n_tensors:]):
+        with pytest.raises(error, match=message):
+            getattr(torch.ops.dlu_triton, op)(*values)
+
+
 @pytest.mark.parametrize("change,error,message", BAD_DLU, ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
 def test_dlu_rejects_bad_input(change, error, message):
-    args = {**good_dlu(), **change}
-    with pytest.raises(error, match=message):
-        dlu_triton.dlu_upsample(**args)
-    values = list(args.values())
-    if all(isinstance(v, torch.Tensor) for v in values[:3]) and all(type(v) is int for v in values[3:]):
-        # What the op's schema accepts, the op itself checks just as well.
-        with pytest.raises(error, match=message):
-            torch.ops.dlu_triton.dlu_upsample(*values)
+    assert_rejected("dlu_upsample", {**good_dlu(), **change}, error, message)
+
+
+def good_carafe(device="cpu"):
+    f, m = carafe_inputs(2, 8, 4, 5, 3, 2, 2, device=device)
+    return dict(features=f, masks=m, kernel_size=3, group_size=2, scale_factor=2)
+
+
+BAD_CARAFE = [
+    (dict(features=torch.randn(8, 4, 5, dtype=torch.float64)), ValueError, "features must be 4-D"),
+    (dict(masks=torch.randn(2, 18, 8, 10, 1)), ValueError, "masks must be 4-D"),
+    (dict(masks=torch.randn(2, 17, 8, 10, dtype=torch.float64)), ValueError, "masks must have shape"),
+    (dict(masks=torch.randn(2, 18, 4, 5, dtype=torch.float64)), ValueError, "masks must have shape"),
+    (dict(masks=torch.randn(2, 18, 8, 11, dtype=torch.float64)), ValueError, "masks must have shape"),
+    (dict(masks=torch.randn(3, 18, 8, 10, dtype=torch.float64)), ValueError, "batch size"),
+    (dict(kernel_size=4), ValueError, "kernel_size must be odd"),
+    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
+    (dict(kernel_size=3.0), TypeError, "kernel_size must be an int"),
+    (dict(group_size=3), ValueError, "divisible by group_size"),
+    (dict(group_size=0), ValueError, "group_size must be >= 1"),
+    (dict(scale_factor=0), ValueError, "scale_factor must be >= 1"),
+    (dict(scale_factor=1.5), TypeError, "scale_factor must be an int"),
+    (dict(scale_factor=True), TypeError, "scale_factor must be an int"),
+    (dict(masks=torch.randn(2, 18, 8, 10, dtype=torch.float16)), TypeError, "masks has dtype"),
+    (dict(features=torch.randint(0, 9, (2, 8, 4, 5))), TypeError, "features must be float16"),
+    (dict(masks=[[1.0]]), TypeError, "masks must be a torch.Tensor"),
+    (dict(features=torch.randn(2, 8, 4, 0, dtype=torch.float64), masks=torch.randn(2, 18, 8, 0, dtype=torch.float64)),
+     ValueError, "C, H, W >= 1"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD_CARAFE, ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
+def test_carafe_rejects_bad_input(change, error, message):
+    assert_rejected("carafe", {**good_carafe(), **change}, error, message)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixing devices needs a GPU")
 def test_mixed_devices_rejected():
     args = good_dlu()
     args["offsets"] = args["offsets"].cuda()
-    with pytest.raises(ValueError, match="offsets is on cuda"):
-        dlu_triton.dlu_upsample(**args)
-
-
-BAD_CARAFE = [
-    (dict(masks=torch.randn(2, 17, 8, 10, dtype=torch.float64)), ValueError, "masks must have shape"),
-    (dict(masks=torch.randn(2, 18, 4, 5, dtype=torch.float64)), ValueError, "masks must have shape"),
-    (dict(masks=torch.randn(3, 18, 8, 10, dtype=torch.float64)), ValueError, "batch size"),
-    (dict(masks=torch.randn(2, 18, 8, 10, 1)), ValueError, "masks must be 4-D"),
-    (dict(masks=torch.randn(2, 18, 8, 10, dtype=torch.float16)), TypeError, "masks has dtype"),
-    (dict(scale_factor=1.5), TypeError, "scale_factor must be an int"),
-    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
-]
-
-
-@pytest.mark.parametrize("change,error,message", BAD_CARAFE)
-def test_carafe_rejects_bad_input(change, error, message):
-    f, m = carafe_inputs(2, 8, 4, 5, 3, 2, 2)
-    args = {**dict(features=f, masks=m, kernel_size=3, group_size=2, scale_factor=2), **change}
-    with pytest.raises(error, match=message):
-        dlu_triton.carafe(**args)
+    assert_rejected("dlu_upsample", args, ValueError, "offsets is on cuda")
+    args = good_carafe()
+    args["masks"] = args["masks"].cuda()
+    assert_rejected("carafe", args, ValueError, "masks is on cuda")
 
 
 @pytest.fixture
