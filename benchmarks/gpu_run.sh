@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU session's runs, writing everything under $OUT (see docs/testing.md, docs/benchmarks.md).
 #   bash benchmarks/gpu_run.sh tests sweep compare bench   # tests, tile sweep, compare, benchmark suite
+#   bash benchmarks/gpu_run.sh props sanitize              # 1000-case property sweep, compute-sanitizer
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -16,6 +17,17 @@ for step in "$@"; do
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
+    props)
+      DLU_TRITON_PROPERTY_EXAMPLES=${DLU_TRITON_PROPERTY_EXAMPLES:-1000} timeout 500 python3 -m pytest \
+        tests/test_properties.py -n 2 -q -p no:cacheprovider --hypothesis-show-statistics 2>&1 | tee "$OUT/properties.log" | tail -30 ;;
+    sanitize)
+      # No caching allocator: an out-of-bounds access then leaves its allocation, where memcheck sees it.
+      for tool in memcheck racecheck; do
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 280 compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
+          python3 -m pytest tests/kernels tests/test_ops.py tests/test_nonfinite.py -q -p no:cacheprovider \
+          -k "cuda and not compile and not gradcheck" 2>&1 | tee "$OUT/sanitize-$tool.log" | tail -6
+        echo "compute-sanitizer $tool exit: ${PIPESTATUS[0]}" | tee -a "$OUT/sanitize-$tool.log"
+      done ;;
     bench)
       timeout 400 python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable --benchmark-only \
         --benchmark-json="$OUT/benchmarks.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -4

@@ -1,0 +1,47 @@
+"""The kernels launch on the current CUDA stream and on the input's device (GPU only)."""
+import pytest
+import torch
+
+import dlu_triton
+from dlu_triton import reference
+
+from .inputs import dlu_inputs
+from .tolerance import assert_close
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams and devices need a GPU")
+
+
+def test_side_stream_orders_the_kernels_after_its_own_work():
+    """The inputs are written on a side stream after a long sleep there; a kernel launched on any
+    other stream would read them before that, as NaN."""
+    n, c, h, w, k, g, s = 2, 16, 9, 11, 5, 2, 2
+    source = dlu_inputs(n, c, h, w, k, g, s, dtype=torch.float32, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        inputs = [torch.full_like(t, float("nan")) for t in source]
+        torch.cuda._sleep(100_000_000)
+        for dst, src in zip(inputs, source):
+            dst.copy_(src)
+        inputs = [t.requires_grad_() for t in inputs]
+        out = dlu_triton.dlu_upsample(*inputs, k, g, s)
+        grad = torch.ones_like(out)
+        grads = torch.autograd.grad(out, inputs, grad)
+    torch.cuda.current_stream().wait_stream(side)
+    d64 = [t.detach().cpu().double() for t in source]
+    assert_close("output", out, reference.dlu_upsample(*d64, k, g, s))
+    for name, a, e in zip(("features", "logits", "offsets"), grads,
+                          reference.dlu_upsample_backward(grad.cpu().double(), *d64, k, g, s)):
+        assert_close(f"grad {name}", a, e)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="a second GPU")
+def test_second_device_while_the_first_is_current():
+    n, c, h, w, k, g, s = 1, 8, 5, 7, 3, 1, 2
+    inputs = [t.requires_grad_() for t in dlu_inputs(n, c, h, w, k, g, s, dtype=torch.float32, device="cuda:1")]
+    with torch.cuda.device(0):
+        out = dlu_triton.dlu_upsample(*inputs, k, g, s)
+        grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+    assert out.device == torch.device("cuda:1") and all(t.device == out.device for t in grads)
+    d64 = [t.detach().cpu().double() for t in inputs]
+    assert_close("output on cuda:1", out, reference.dlu_upsample(*d64, k, g, s))
