@@ -108,6 +108,36 @@ def test_channels_last_and_strided_inputs(device, path):
     check_against_reference("carafe", [features, masks], grad, out, torch.autograd.grad(out, [features, masks], grad), k, g, s)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="on CPU, Triton's interpreter copies every argument to host memory itself")
+def test_channels_last_is_read_in_place():
+    """No hidden copy of a features- or output-sized tensor in the launchers: they read the layout."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dlu_triton.kernels import backward, forward
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.copy_.default, torch.ops.aten.clone.default, torch.ops.aten._to_copy.default):
+                self.shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    n, c, h, w, k, g, s = 2, 16, 9, 11, 5, 2, 2
+    inputs = [t.contiguous(memory_format=torch.channels_last)
+              for t in dlu_inputs(n, c, h, w, k, g, s, dtype=torch.float32, device="cuda")]
+    grad = torch.randn(n, c, s * h, s * w, device="cuda").contiguous(memory_format=torch.channels_last)
+    with Copies() as spy:
+        out = forward.dlu_forward(*inputs, k, g, s)
+        grads = backward.dlu_backward(grad, *inputs, k, g, s)
+    big = {tuple(inputs[0].shape), tuple(out.shape)}
+    assert not big & set(spy.shapes), f"copies of shapes {spy.shapes}"
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_empty_batch(device, path):
     inputs = [t.requires_grad_() for t in dlu_inputs(0, 4, 3, 5, 3, 1, 2, dtype=exact_dtype(device), device=device)]
     out = dlu_triton.dlu_upsample(*inputs, 3, 1, 2)
@@ -133,7 +163,14 @@ def test_opcheck(device, path):
     torch.library.opcheck(torch.ops.dlu_triton.carafe, (*carafe_inputs(2, 4, 3, 5, 3, 2, 2, dtype=exact_dtype(device), device=device), 3, 2, 2))
 
 
-def test_compiled_module_has_no_graph_break(device, path):
+def test_compiled_module_has_no_graph_break(device, path, monkeypatch):
+    """fullgraph=True (no graph break), equal to eager, and the fused kernels are what runs: the
+    op is not decomposed into slow ones (inductor on CUDA, aot_eager on CPU)."""
+    from dlu_triton.kernels import backward, forward
+    launches = []
+    for module, name in ((forward, "dlu_forward"), (backward, "dlu_backward")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **kw: launches.append(_name) or _real(*a, **kw))
     backend = "inductor" if device == "cuda" else "aot_eager"
     dtype = exact_dtype(device)
     module = dlu_triton.DLU(8, 2, up_kernel=3, compressed_channels=4).to(device, dtype)
@@ -143,6 +180,7 @@ def test_compiled_module_has_no_graph_break(device, path):
     x = torch.randn(2, 8, 4, 5, device=device, dtype=dtype, requires_grad=True)
     out = compiled(x)
     out.square().sum().backward()
+    assert launches == (["dlu_forward", "dlu_backward"] if path == "triton" else [])
     got = x.grad.clone()
     x.grad = None
     expected = module(x)
