@@ -18,9 +18,11 @@ def seed():
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
-    """Every buffer a kernel launcher allocates starts as NaN, so an unwritten element fails."""
+    """Every buffer a kernel launcher allocates starts as NaN (an index buffer as -1, which
+    index_add_ refuses), so an unwritten element fails."""
     def poisoned(like, size, dtype=None):
-        return common.new_output(like, size, dtype).fill_(float("nan"))
+        out = common.new_output(like, size, dtype)
+        return out.fill_(float("nan") if out.is_floating_point() else -1)
 
     monkeypatch.setattr(forward, "new_output", poisoned)
     monkeypatch.setattr(backward, "new_output", poisoned)

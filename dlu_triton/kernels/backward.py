@@ -238,7 +238,7 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
     shares = rows = None
     if deterministic:
         shares = new_output(dlogits, (n, g, s * h, s * w, 4, kk))
-        rows = torch.empty((n, g, s * h, s * w, 4), dtype=torch.int64, device=features.device)
+        rows = new_output(dlogits, (n, g, s * h, s * w, 4), dtype=torch.int64)
     _mask_grad(grad_out, features, masks, kernel_size, g, s, (kernel_logits, offsets, dlogits, doffsets, shares, rows))
     _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
     if deterministic:
