@@ -18,8 +18,9 @@ for step in "$@"; do
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
-      DLU_TRITON_PROPERTY_EXAMPLES=${DLU_TRITON_PROPERTY_EXAMPLES:-1000} timeout 500 python3 -m pytest \
-        tests/test_properties.py -n 2 -q -p no:cacheprovider --hypothesis-show-statistics 2>&1 | tee "$OUT/properties.log" | tail -30 ;;
+      # 6 tests (2 ops x 3 dtypes) x 200 examples = 1200 random cases, one xdist worker each.
+      DLU_TRITON_PROPERTY_EXAMPLES=${DLU_TRITON_PROPERTY_EXAMPLES:-200} timeout 500 python3 -m pytest \
+        tests/test_properties.py -n 6 -q -p no:cacheprovider --hypothesis-show-statistics 2>&1 | tee "$OUT/properties.log" | tail -30 ;;
     sanitize)
       # No caching allocator: an out-of-bounds access then leaves its allocation, where memcheck sees it.
       for tool in memcheck racecheck; do

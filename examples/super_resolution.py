@@ -112,7 +112,13 @@ def count_flops(model, device):
 def train(method, train_images, held_out, args, log):
     torch.manual_seed(args.seed)
     model = SuperResolution(method).to(args.device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    # Learned sampling offsets take a smaller step (as deformable attention's do): under Adam every
+    # parameter moves about lr per step, and the offsets' weak gradient would let them wander.
+    offset = {id(p) for n, p in model.named_parameters() if n.startswith("up.conv_offset")}
+    opt = torch.optim.Adam([
+        dict(params=[p for p in model.parameters() if id(p) not in offset]),
+        dict(params=[p for p in model.parameters() if id(p) in offset], lr=args.lr * args.offset_lr_mult),
+    ], lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     data = batches(train_images, args.steps, args.batch, args.crop, torch.Generator().manual_seed(args.seed))
     curve, start = [], time.time()
@@ -167,6 +173,7 @@ def parse(argv):
     p.add_argument("--crop", type=int, default=64, help="side of the high-resolution training crops")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--offset-lr-mult", type=float, default=0.1, help="learning-rate multiplier of DLU's offset predictor")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
