@@ -135,10 +135,10 @@ def _register_autocast(name):
     op = getattr(torch.ops.dlu_triton, name).default
     for device_type in ("cuda", "cpu"):
         def kernel(_keyset, *args, device_type=device_type):
-            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
-            widest = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+            floating = [isinstance(a, torch.Tensor) and a.is_floating_point() for a in args]
+            widest = functools.reduce(torch.promote_types, (a.dtype for a, f in zip(args, floating) if f))
             with torch.autocast(device_type, enabled=False):
-                return op(*(a.to(widest) if any(a is t for t in tensors) else a for a in args))
+                return op(*(a.to(widest) if f else a for a, f in zip(args, floating)))
 
         _AUTOCAST.impl(name, kernel, "Autocast" + device_type.upper(), with_keyset=True)
 
