@@ -15,13 +15,15 @@ from hypothesis import strategies as st
 
 import dlu_triton
 
-from .conftest import DEVICES
+from .conftest import DEVICES, INTERPRETING
 from .inputs import carafe_inputs, dlu_inputs
 from .test_ops import check_against_reference, run_dlu
 
 EXAMPLES = int(os.environ.get("DLU_TRITON_PROPERTY_EXAMPLES", "2"))
 DEVICE = DEVICES[-1]  # the GPU where there is one, else the CPU (the interpreter under TRITON_INTERPRET=1)
 DTYPES = ([torch.float64] if DEVICE == "cpu" else []) + [torch.float32, torch.float16, torch.bfloat16]
+pytestmark = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETING,
+                                reason="on CPU the kernels run only with TRITON_INTERPRET=1; without it this would test the reference against itself")
 
 SWEEP = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 20,
                  # the autouse seed and poisoning fixtures hold for every example
