@@ -2,6 +2,8 @@
 # The GPU session's runs, writing everything under $OUT (see docs/testing.md, docs/benchmarks.md).
 #   bash benchmarks/gpu_run.sh tests sweep compare bench   # tests, tile sweep, compare, benchmark suite
 #   bash benchmarks/gpu_run.sh props sanitize              # 1000-case property sweep, compute-sanitizer
+# The timeouts let three device calls (each under 10 minutes) do everything:
+#   props  |  tests sanitize  |  bench compare
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -12,25 +14,25 @@ export DLU_TRITON_PEER_VECTORS=${DLU_TRITON_PEER_VECTORS:-$PWD/.peer}
 for step in "$@"; do
   case "$step" in
     tests)
-      timeout 300 python3 -m pytest tests -n 8 -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
+      timeout 240 python3 -m pytest tests -n 8 -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
     compare)
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
       # 6 tests (2 ops x 3 dtypes) x 200 examples = 1200 random cases, one xdist worker each.
-      DLU_TRITON_PROPERTY_EXAMPLES=${DLU_TRITON_PROPERTY_EXAMPLES:-200} timeout 500 python3 -m pytest \
+      DLU_TRITON_PROPERTY_EXAMPLES=${DLU_TRITON_PROPERTY_EXAMPLES:-200} timeout 540 python3 -m pytest \
         tests/test_properties.py -n 6 -q -p no:cacheprovider --hypothesis-show-statistics 2>&1 | tee "$OUT/properties.log" | tail -30 ;;
     sanitize)
       # No caching allocator: an out-of-bounds access then leaves its allocation, where memcheck sees it.
       for tool in memcheck racecheck; do
-        PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 280 compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 170 compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
           python3 -m pytest tests/kernels tests/test_ops.py tests/test_nonfinite.py -q -p no:cacheprovider \
           -k "cuda and not compile and not gradcheck" 2>&1 | tee "$OUT/sanitize-$tool.log" | tail -6
         echo "compute-sanitizer $tool exit: ${PIPESTATUS[0]}" | tee -a "$OUT/sanitize-$tool.log"
       done ;;
     bench)
-      timeout 400 python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable --benchmark-only \
+      timeout 350 python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable --benchmark-only \
         --benchmark-json="$OUT/benchmarks.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -4
       python3 benchmarks/summarise.py "$OUT/benchmarks.json" | tee "$OUT/benchmarks.md" ;;
   esac
