@@ -32,13 +32,12 @@ from .common import (
 
 
 @triton.jit
-def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, ATOMIC: tl.constexpr):
+def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, live, ATOMIC: tl.constexpr):
     """Softmax backward of one corner's share, w_c * P_c * (dK - <P_c, dK>): added to the logits'
-    gradient at d_at with atomics, or stored at share_at with its row for a deterministic sum."""
+    gradient at d_at with atomics, or stored at share_at with its row for a deterministic sum.
+    Only live points (not those of NaN offsets) contribute; zero-weight corners do, since
+    grid_sample adds 0 * a NaN gradient as NaN."""
     dl = wc[:, None] * pc * (dk - tl.sum(pc * dk, axis=1)[:, None])
-    # Zero-weight corners count (grid_sample adds 0 * a NaN gradient as NaN); NaN-weight ones,
-    # the points of NaN offsets, do not.
-    live = (wc >= 0.0)[:, None]
     if ATOMIC:
         tl.atomic_add(d_at, dl, mask=ok & live, sem="relaxed")
     else:
@@ -116,6 +115,7 @@ def _mask_grad_kernel(
         # Clamped points get no gradient (grid_sample's 0 * gradient, so a NaN stays NaN); the
         # point of a NaN offset gets NaN in both coordinates.
         lost = (fy != fy) | (fx != fx)
+        live = (~lost)[:, None]
         d_px = tl.where(lost, float("nan"), d_px * in_x.to(ACC))
         d_py = tl.where(lost, float("nan"), d_py * in_y.to(ACC))
         e_base = doff_ptr + n * sen + iy * sey + ix * sex
@@ -125,19 +125,20 @@ def _mask_grad_kernel(
         tl.store(e_base + (e_ch + S * S) * sec, d_py.to(doff_ty), mask=q_ok)
 
         d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, :]
-        point = ((n * tl.num_programs(1) + g) * (H * S) + oy) * (W * S) + ox  # [Q], in the share buffers
+        ng = n * tl.num_programs(1) + g
+        point = (ng * (H * S) + oy) * (W * S) + ox  # [Q], in the share buffers
         share = share_ptr + (point * 4 * KK)[:, None] + j[None, :]
         rows = row_ptr + point * 4
-        y0r = ((n * tl.num_programs(1) + g) * H + y0) * W  # rows of the logits' gradient as [N*G*H*W, k*k]
-        y1r = ((n * tl.num_programs(1) + g) * H + y1) * W
+        y0r = (ng * H + y0) * W  # rows of the logits' gradient as [N*G*H*W, k*k]
+        y1r = (ng * H + y1) * W
         _logit_grad_share(d_base + (y0.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share, rows, y0r + x0,
-                          p00, w00, dk, q_ok, qj_ok, ATOMIC)
+                          p00, w00, dk, q_ok, qj_ok, live, ATOMIC)
         _logit_grad_share(d_base + (y0.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + KK, rows + 1, y0r + x1,
-                          p01, w01, dk, q_ok, qj_ok, ATOMIC)
+                          p01, w01, dk, q_ok, qj_ok, live, ATOMIC)
         _logit_grad_share(d_base + (y1.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share + 2 * KK, rows + 2, y1r + x0,
-                          p10, w10, dk, q_ok, qj_ok, ATOMIC)
+                          p10, w10, dk, q_ok, qj_ok, live, ATOMIC)
         _logit_grad_share(d_base + (y1.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + 3 * KK, rows + 3, y1r + x1,
-                          p11, w11, dk, q_ok, qj_ok, ATOMIC)
+                          p11, w11, dk, q_ok, qj_ok, live, ATOMIC)
     else:
         tl.store(k_out, dk.to(k_ptr.dtype.element_ty), mask=qj_ok)
 
