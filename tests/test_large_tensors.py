@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import dlu_triton
-from dlu_triton import reference
 
 from .conftest import exact_dtype
 from .inputs import LOW
+from .test_ops import reference_results
 from .tolerance import assert_close
 
 REACH = 3  # corners within 3 pixels of the source pixel, for |offset| < 1.5
@@ -41,9 +41,7 @@ def check_regions(inputs, grad, out, grads, k, g, s, regions):
         high = slice(s * (y - y0), s * (y - y0 + size)), slice(s * (x - x0), s * (x - x0 + size))
 
         def run(dtype):
-            ins = [t.to(dtype) for t in crop]
-            results = [reference.dlu_upsample(*ins, k, g, s),
-                       *reference.dlu_upsample_backward(grad_crop.to(dtype), *ins, k, g, s)]
+            results = reference_results("dlu", crop, grad_crop, k, g, s, dtype)
             return [r[:, :, high[0], high[1]] if i == 0 else r[:, :, low[0], low[1]] for i, r in enumerate(results)]
 
         expected = run(torch.float64)

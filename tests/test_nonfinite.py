@@ -10,6 +10,7 @@ from dlu_triton import reference
 
 from .conftest import exact_dtype
 from .inputs import carafe_inputs, dlu_inputs
+from .test_ops import reference_results
 from .tolerance import assert_close
 
 NAN, INF = float("nan"), float("inf")
@@ -78,9 +79,7 @@ def check_dlu(name, inputs, k, g, s):
     out = dlu_triton.dlu_upsample(*inputs, k, g, s)
     grad = torch.randn_like(out)
     grads = torch.autograd.grad(out, inputs, grad)
-    d64 = [t.detach().cpu().double() for t in inputs]
-    expected = [reference.dlu_upsample(*d64, k, g, s),
-                *reference.dlu_upsample_backward(grad.cpu().double(), *d64, k, g, s)]
+    expected = reference_results("dlu", inputs, grad, k, g, s)
     for what, a, e in zip(("output", "grad features", "grad logits", "grad offsets"), [out, *grads], expected):
         assert_matches_with_nonfinite(f"{name}: {what}", a, e)
 
@@ -109,7 +108,6 @@ def test_carafe_nonfinite_propagates_as_the_reference(case, device, path):
     out = dlu_triton.carafe(*inputs, k, g, s)
     grad = torch.randn_like(out)
     grads = torch.autograd.grad(out, inputs, grad)
-    d64 = [t.detach().cpu().double() for t in inputs]
-    expected = [reference.carafe(*d64, k, g, s), *reference.carafe_backward(grad.cpu().double(), *d64, k, g, s)]
+    expected = reference_results("carafe", inputs, grad, k, g, s)
     for what, a, e in zip(("output", "grad features", "grad masks"), [out, *grads], expected):
         assert_matches_with_nonfinite(f"{name}: {what}", a, e)

@@ -32,18 +32,19 @@ def run_dlu(inputs, k, g, s):
     return out, grad, torch.autograd.grad(out, inputs, grad)
 
 
+def reference_results(op, inputs, grad, k, g, s, dtype=torch.float64):
+    """The reference's output and gradients ("dlu" or "carafe"), on CPU copies in `dtype`."""
+    fwd, bwd = dict(dlu=(reference.dlu_upsample, reference.dlu_upsample_backward),
+                    carafe=(reference.carafe, reference.carafe_backward))[op]
+    ins = [t.detach().cpu().to(dtype) for t in inputs]
+    return [fwd(*ins, k, g, s), *bwd(grad.detach().cpu().to(dtype), *ins, k, g, s)]
+
+
 def check_against_reference(op, inputs, grad, out, grads, k, g, s):
     """Fused results against the float64 reference, and in low precision against PyTorch's own."""
     names = dict(dlu=("features", "kernel_logits", "offsets"), carafe=("features", "masks"))[op]
-    fwd, bwd = dict(dlu=(reference.dlu_upsample, reference.dlu_upsample_backward),
-                    carafe=(reference.carafe, reference.carafe_backward))[op]
-    d64 = [t.detach().cpu().double() for t in inputs]
-    g64 = grad.cpu().double()
-    expected = [fwd(*d64, k, g, s), *bwd(g64, *d64, k, g, s)]
-    lowp = [None] * len(expected)
-    if out.dtype in LOW:
-        dl = [t.detach().cpu() for t in inputs]
-        lowp = [fwd(*dl, k, g, s), *bwd(grad.cpu(), *dl, k, g, s)]
+    expected = reference_results(op, inputs, grad, k, g, s)
+    lowp = reference_results(op, inputs, grad, k, g, s, out.dtype) if out.dtype in LOW else [None] * len(expected)
     for name, a, e, lp in zip(("output",) + tuple(f"grad {n}" for n in names), [out, *grads], expected, lowp):
         assert_close(f"{op} {name}", a, e, lp)
 

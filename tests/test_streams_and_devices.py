@@ -3,10 +3,9 @@ import pytest
 import torch
 
 import dlu_triton
-from dlu_triton import reference
 
 from .inputs import dlu_inputs
-from .tolerance import assert_close
+from .test_ops import check_against_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams and devices need a GPU")
 
@@ -28,11 +27,7 @@ def test_side_stream_orders_the_kernels_after_its_own_work():
         grad = torch.ones_like(out)
         grads = torch.autograd.grad(out, inputs, grad)
     torch.cuda.current_stream().wait_stream(side)
-    d64 = [t.detach().cpu().double() for t in source]
-    assert_close("output", out, reference.dlu_upsample(*d64, k, g, s))
-    for name, a, e in zip(("features", "logits", "offsets"), grads,
-                          reference.dlu_upsample_backward(grad.cpu().double(), *d64, k, g, s)):
-        assert_close(f"grad {name}", a, e)
+    check_against_reference("dlu", source, grad, out, grads, k, g, s)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="a second GPU")
@@ -41,7 +36,7 @@ def test_second_device_while_the_first_is_current():
     inputs = [t.requires_grad_() for t in dlu_inputs(n, c, h, w, k, g, s, dtype=torch.float32, device="cuda:1")]
     with torch.cuda.device(0):
         out = dlu_triton.dlu_upsample(*inputs, k, g, s)
-        grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+        grad = torch.ones_like(out)
+        grads = torch.autograd.grad(out, inputs, grad)
     assert out.device == torch.device("cuda:1") and all(t.device == out.device for t in grads)
-    d64 = [t.detach().cpu().double() for t in inputs]
-    assert_close("output on cuda:1", out, reference.dlu_upsample(*d64, k, g, s))
+    check_against_reference("dlu", inputs, grad, out, grads, k, g, s)
