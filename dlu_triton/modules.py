@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import _check_int, carafe, dlu_upsample
+from .ops import _check_int, _check_tensor, carafe, dlu_upsample
 
 
 def _check_config(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels):
@@ -49,10 +49,7 @@ class _Upsampler(nn.Module):
 
     def _check_input(self, x):
         """The module's input, named `x`, checked before the convolutions see it."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"x must be 4-D (N, C, H, W), got {x.dim()}-D with shape {tuple(x.shape)}")
+        _check_tensor("x", x)
         if x.shape[1] != self.channels:
             raise ValueError(f"x must have {self.channels} channels (the module's `channels`), got {x.shape[1]}")
         weight = self.channel_compressor.weight

@@ -44,6 +44,14 @@ def _check_int(name, value, minimum):
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
+def _check_tensor(name, t):
+    """A 4-D tensor (N, C, H, W); the ops and the modules' input share it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got {t.dim()}-D with shape {tuple(t.shape)}")
+
+
 def _check_shape(name, t, expected, meaning):
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {meaning} = {tuple(expected)}, got {tuple(t.shape)}")
@@ -57,10 +65,7 @@ def _check_common(tensors, kernel_size, group_size, scale_factor):
     _check_int("group_size", group_size, 1)
     _check_int("scale_factor", scale_factor, 1)
     for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (N, C, H, W), got {t.dim()}-D with shape {tuple(t.shape)}")
+        _check_tensor(name, t)
         if t.dtype not in _FLOATS:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     (first, f), *rest = tensors.items()
