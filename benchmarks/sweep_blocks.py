@@ -1,35 +1,40 @@
-"""Block-size sweep of the kernels at one shape, through the single block_config hook.
+"""Forward tile sweep through the forward's one block hook (common.forward_blocks).
 
-    python benchmarks/sweep_blocks.py            # N2 C256 128x128 k5 s2, float32, on CUDA
+    python benchmarks/sweep_blocks.py            # N2 C256, 256x256 output, k5, float32, on CUDA
+
+[BLOCK_C, BLOCK_P, BLOCK_S] tiles of 4096 and 8192 accumulators at 4 and 8 warps, at s = 2, 4,
+8, 16, both ops; the configuration forward_blocks picks is marked.
 """
 import itertools
 
-import torch
 import triton
 
 from dlu_triton import benchmark as B
 from dlu_triton import ops
-from dlu_triton.kernels import backward, common, forward
+from dlu_triton.kernels import common, forward
 
-n, c, h, w, k, s = 2, 256, 128, 128, 5, 2
-x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, 1, s, "cuda")
-grad = torch.randn(n, c, s * h, s * w, device="cuda")
+n, c, k, out_size = 2, 256, 5, 256
 bw = B.copy_bandwidth("cuda")
-floor = B.dlu_bytes(n, c, h, w, k, 1, s, 4) / bw * 1e3
-print(f"copy bandwidth {bw / 1e9:.0f} GB/s; dlu forward floor {floor:.4f} ms")
-print("| BLOCK_C | BLOCK_P | BLOCK_QK | warps | dlu fwd ms | carafe fwd ms | dlu bwd ms |")
-print("|---|---|---|---|---|---|---|")
-for bc, bp, bqk, warps in itertools.product([32, 64, 128, 256], [16, 32, 64, 128], [16, 32, 64], [4, 8]):
-    if bc * bp > 16384 or (bqk != 32 and (bc, bp) != (64, 64)):
-        continue
-    cfg = lambda *a: (bc, bp, bqk, warps)  # noqa: E731
-    forward.block_config = backward.block_config = cfg
-    try:
-        t_dlu = B.time_ms(lambda: ops.dlu_upsample(x, logits, offsets, k, 1, s), "cuda")[0]
-        t_car = B.time_ms(lambda: ops.carafe(x, masks, k, 1, s), "cuda")[0]
-        t_bwd = B.time_ms(lambda: backward.dlu_backward(grad, x, logits, offsets, k, 1, s), "cuda")[0]
-    except triton.runtime.errors.OutOfResources as e:
-        print(f"| {bc} | {bp} | {bqk} | {warps} | out of resources: {e} |")
-        continue
-    print(f"| {bc} | {bp} | {bqk} | {warps} | {t_dlu:.3f} | {t_car:.3f} | {t_bwd:.3f} |", flush=True)
-forward.block_config = backward.block_config = common.block_config
+print(f"copy bandwidth {bw / 1e9:.0f} GB/s, N{n} C{c} k{k}, output {out_size}x{out_size}, float32")
+print("| s | BLOCK_C | BLOCK_P | BLOCK_S | warps | dlu fwd ms | carafe fwd ms | dlu of floor |")
+print("|---|---|---|---|---|---|---|---|")
+for s in (2, 4, 8, 16):
+    h = w = out_size // s
+    x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, 1, s, "cuda")
+    floor = B.dlu_bytes(n, c, h, w, k, 1, s, 4) / bw * 1e3
+    chosen = common.forward_blocks(c, w, s)
+    block_s = min(triton.next_power_of_2(s * s), 64)
+    for bc, bp, bs, warps in itertools.product([32, 64, 128], [1, 2, 4, 8, 16, 32], {block_s, min(block_s, 16)}, [4, 8]):
+        if bc * bp * bs not in (4096, 8192) or bp > w:
+            continue
+        forward.forward_blocks = lambda *a: (bc, bp, bs, warps)  # noqa: E731
+        try:
+            t_dlu = B.time_ms(lambda: ops.dlu_upsample(x, logits, offsets, k, 1, s), "cuda")[0]
+            t_car = B.time_ms(lambda: ops.carafe(x, masks, k, 1, s), "cuda")[0]
+        except triton.runtime.errors.OutOfResources as e:
+            print(f"| {s} | {bc} | {bp} | {bs} | {warps} | out of resources: {e} |")
+            continue
+        mark = " (chosen)" if (bc, bp, bs, warps) == chosen else ""
+        print(f"| {s} | {bc} | {bp} | {bs} | {warps}{mark} | {t_dlu:.3f} | {t_car:.3f} | {floor / t_dlu:.0%} |", flush=True)
+forward.forward_blocks = common.forward_blocks
+

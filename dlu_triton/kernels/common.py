@@ -15,7 +15,8 @@ import triton.language as tl
 
 @triton.jit
 def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr):
-    """Corner indices, fractions and strictly-inside flags of a row of sampling points, all [Q]."""
+    """Corner indices, fractions and strictly-inside flags of sampling points, each shaped like
+    the broadcast of ix (source pixels) and sub (sub-pixel index oy % s * s + ox % s)."""
     ch = 2 * g * S * S + sub
     dx = tl.load(off_base + ch * soc, mask=ok, other=0.0).to(ACC)
     dy = tl.load(off_base + (ch + S * S) * soc, mask=ok, other=0.0).to(ACC)
@@ -41,28 +42,28 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 @triton.jit
 def corner_logits(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """The k*k logits of group g at each point's corner, [Q, KKP]; padding is -inf."""
+    """The k*k logits of group g at each point's corner, [*points, KKP]; padding is -inf."""
     j = tl.arange(0, KKP)
-    j_ok = (j < KK)[None, :]
-    v = tl.load(l_base + corner[:, None] + ((g * KK + j) * slc)[None, :], mask=ok[:, None] & j_ok, other=0.0)
+    j_ok = j < KK
+    v = tl.load(l_base + tl.expand_dims(corner, -1) + (g * KK + j) * slc, mask=tl.expand_dims(ok, -1) & j_ok, other=0.0)
     return tl.where(j_ok, v.to(ACC), float("-inf"))
 
 
 @triton.jit
 def corner_lse(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """Log-sum-exp of a corner's logits, [Q]: exp(l - lse) is the softmax. The maximum is
+    """Log-sum-exp of a corner's logits, [*points]: exp(l - lse) is the softmax. The maximum is
     subtracted before scaling by log2(e), so logits near the dtype's maximum cannot overflow."""
     v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
-    m = tl.max(v, axis=1)
-    return m + tl.log2(tl.sum(tl.exp2((v - m[:, None]) * LOG2E), axis=1)) / LOG2E
+    m = tl.max(v, axis=-1)
+    return m + tl.log2(tl.sum(tl.exp2((v - tl.expand_dims(m, -1)) * LOG2E), axis=-1)) / LOG2E
 
 
 @triton.jit
 def corner_softmax(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """Softmax over a corner's logits, [Q, KKP] (zero on padding taps)."""
+    """Softmax over a corner's logits, [*points, KKP] (zero on padding taps)."""
     v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
-    e = tl.exp2((v - tl.max(v, axis=1)[:, None]) * LOG2E)
-    return e / tl.sum(e, axis=1)[:, None]
+    e = tl.exp2((v - tl.expand_dims(tl.max(v, axis=-1), -1)) * LOG2E)
+    return e / tl.expand_dims(tl.sum(e, axis=-1), -1)
 
 
 def output_format(like):
@@ -91,6 +92,21 @@ def index_dtype(*tensors):
 
 def taps_padded(kernel_size):
     return triton.next_power_of_2(kernel_size * kernel_size)
+
+
+def forward_blocks(channels_per_group, row_length, scale_factor):
+    """The forward's tiles: (BLOCK_C, BLOCK_P, BLOCK_S, num_warps).
+
+    A program holds [BLOCK_C channels, BLOCK_P source pixels of one row, BLOCK_S sub-pixels]
+    (about 8192 accumulators, 32 a thread at 8 warps). Sub-pixels come first, all s*s of them up
+    to 64, so each loaded feature serves them all; then channels, up to 64, over which DLU's kernel
+    sampling is shared; the rest is pixels. docs/performance.md has the measurements.
+    """
+    block_s = min(triton.next_power_of_2(scale_factor * scale_factor), 64)
+    block_c = min(triton.next_power_of_2(channels_per_group), 64)
+    block_p = max(1, min(8192 // (block_s * block_c), 32, triton.next_power_of_2(row_length)))
+    warps = 8 if block_s * block_c * block_p >= 8192 else 4
+    return block_c, block_p, block_s, warps
 
 
 def block_config(channels_per_group, row_length):

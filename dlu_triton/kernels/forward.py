@@ -13,19 +13,19 @@ CARAFE loads K from `masks`. DLU builds it in registers (common.py has the sampl
 
 so neither the softmaxed kernel space nor the high-resolution mask ever reaches global memory.
 
-Program: image n, output row oy, sub-pixel column sx, BLOCK_P consecutive source pixels ix of
-that row (output columns ix*s + sx) and BLOCK_C channels of one group. The tap gathers then read
-consecutive pixels (coalesced), and the s programs that differ only in sx are neighbours in the
-grid, so L2 merges their interleaved stores. For DLU each point first takes the log-sum-exp of
-its 4 corners' logits; a tap then costs 4 gathers and 4 exp2 per point, shared by
-the program's BLOCK_C channels. Accumulation is in fp32 (fp64 for fp64 inputs); the store casts
-to the output dtype.
+Program: image n, source row iy, BLOCK_P consecutive source pixels ix of that row, BLOCK_S of
+their s*s sub-pixels t and BLOCK_C channels of one group: a [BLOCK_C, BLOCK_P, BLOCK_S] tile of
+the output. Each tap's features [BLOCK_C, BLOCK_P] are one contiguous gather (consecutive ix)
+used by all BLOCK_S sub-pixels in registers, and each tap's kernel values [BLOCK_P, BLOCK_S] are
+shared by the BLOCK_C channels. For DLU each point first takes the log-sum-exp of its 4 corners'
+logits; a tap then costs 4 gathers and 4 exp2 per point. Accumulation is in fp32 (fp64 for fp64
+inputs); the store casts to the output dtype.
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    LOG2E, acc_dtype, block_config, corner_lse, index_dtype, new_output, sampling_point, taps_padded,
+    LOG2E, acc_dtype, corner_lse, forward_blocks, index_dtype, new_output, sampling_point, taps_padded,
 )
 
 
@@ -41,6 +41,7 @@ def _reassemble_kernel(
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU, sample K from logits and offsets; 0: CARAFE, load K
     BLOCK_P: tl.constexpr,  # source pixels (of one row) per program
+    BLOCK_S: tl.constexpr,  # sub-pixels per program
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype (int64 only for huge tensors)
@@ -48,61 +49,62 @@ def _reassemble_kernel(
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
     n_pblocks = tl.cdiv(W, BLOCK_P)
+    n_sblocks = tl.cdiv(S * S, BLOCK_S)
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
-    pid = tl.program_id(0)  # ((n * s*H + oy) * n_pblocks + pblock) * s + sx
-    sx = pid % S
-    row = pid // S // n_pblocks
-    oy = (row % (H * S)).to(IDX)
-    n = (row // (H * S)).to(IDX)
-    ix = ((pid // S % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)
+    pid = tl.program_id(0)  # ((n * H + iy) * n_pblocks + pblock) * n_sblocks + sblock
+    sub = (pid % n_sblocks) * BLOCK_S + tl.arange(0, BLOCK_S)
+    row = pid // n_sblocks // n_pblocks
+    iy = (row % H).to(IDX)
+    n = (row // H).to(IDX)
+    ix = ((pid // n_sblocks % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    q_ok = ix < W
+    p_ok = ix < W
     c_ok = cg < CPG
-    iy = oy // S
-    ox = ix * S + sx
+    ok = p_ok[:, None] & (sub < S * S)[None, :]  # [P, S]
+    oy = iy * S + sub // S  # [S]
+    ox = ix[:, None] * S + (sub % S)[None, :]  # [P, S]
     k_base = k_ptr + n * skn
 
     if FROM_LOGITS:
-        sub = (oy % S) * S + sx
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
-            off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
+            off_ptr + n * son + iy * soy + ix[:, None] * sox, g, iy, ix[:, None], sub[None, :], ok, soc, H, W, S, ACC)
         a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
         a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
         a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
         a11 = y1.to(IDX) * sky + x1.to(IDX) * skx
-        lse00 = corner_lse(k_base, a00, g, q_ok, skc, KK, KKP, ACC)
-        lse01 = corner_lse(k_base, a01, g, q_ok, skc, KK, KKP, ACC)
-        lse10 = corner_lse(k_base, a10, g, q_ok, skc, KK, KKP, ACC)
-        lse11 = corner_lse(k_base, a11, g, q_ok, skc, KK, KKP, ACC)
+        lse00 = corner_lse(k_base, a00, g, ok, skc, KK, KKP, ACC)
+        lse01 = corner_lse(k_base, a01, g, ok, skc, KK, KKP, ACC)
+        lse10 = corner_lse(k_base, a10, g, ok, skc, KK, KKP, ACC)
+        lse11 = corner_lse(k_base, a11, g, ok, skc, KK, KKP, ACC)
         w00 = (1.0 - fy) * (1.0 - fx)
         w01 = (1.0 - fy) * fx
         w10 = fy * (1.0 - fx)
         w11 = fy * fx
     else:
-        a_out = oy * sky + ox * skx
+        a_out = oy[None, :] * sky + ox * skx
 
-    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+    acc = tl.zeros((BLOCK_C, BLOCK_P, BLOCK_S), dtype=ACC)
     x_base = x_ptr + n * sxn + c[:, None] * sxc
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
         if FROM_LOGITS:
-            kj = w00 * tl.exp2((tl.load(t_base + a00, mask=q_ok, other=0.0).to(ACC) - lse00) * LOG2E)
-            kj += w01 * tl.exp2((tl.load(t_base + a01, mask=q_ok, other=0.0).to(ACC) - lse01) * LOG2E)
-            kj += w10 * tl.exp2((tl.load(t_base + a10, mask=q_ok, other=0.0).to(ACC) - lse10) * LOG2E)
-            kj += w11 * tl.exp2((tl.load(t_base + a11, mask=q_ok, other=0.0).to(ACC) - lse11) * LOG2E)
+            kj = w00 * tl.exp2((tl.load(t_base + a00, mask=ok, other=0.0).to(ACC) - lse00) * LOG2E)
+            kj += w01 * tl.exp2((tl.load(t_base + a01, mask=ok, other=0.0).to(ACC) - lse01) * LOG2E)
+            kj += w10 * tl.exp2((tl.load(t_base + a10, mask=ok, other=0.0).to(ACC) - lse10) * LOG2E)
+            kj += w11 * tl.exp2((tl.load(t_base + a11, mask=ok, other=0.0).to(ACC) - lse11) * LOG2E)
         else:
-            kj = tl.load(t_base + a_out, mask=q_ok, other=0.0).to(ACC)
+            kj = tl.load(t_base + a_out, mask=ok, other=0.0).to(ACC)
         ty = iy + (j // KS - R)
         tx = ix + (j % KS - R)
         # where(), not &: the interpreter mistypes a tensor & a scalar bool
-        t_ok = tl.where((ty >= 0) & (ty < H), q_ok & (tx >= 0) & (tx < W), False)
+        t_ok = tl.where((ty >= 0) & (ty < H), p_ok & (tx >= 0) & (tx < W), False)
         f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
-        acc += f.to(ACC) * kj[None, :]
+        acc += f.to(ACC)[:, :, None] * kj[None, :, :]
 
-    out = out_ptr + n * sun + c[:, None] * suc + (oy * suy + ox * sux)[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & q_ok[None, :])
+    out = out_ptr + n * sun + c[:, None, None] * suc + (oy[None, :] * suy + ox * sux)[None, :, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None, None] & ok[None, :, :])
 
 
 def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
@@ -114,14 +116,14 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     from_logits = offsets is not None
     off = offsets if from_logits else kernels  # CARAFE never reads it
     cpg = c // group_size
-    block_c, block_p, _, warps = block_config(cpg, w)
-    grid = (n * s * h * triton.cdiv(w, block_p) * s, group_size * triton.cdiv(cpg, block_c))
+    block_c, block_p, block_s, warps = forward_blocks(cpg, w, s)
+    grid = (n * h * triton.cdiv(w, block_p) * triton.cdiv(s * s, block_s), group_size * triton.cdiv(cpg, block_c))
     _reassemble_kernel[grid](
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
         h, w, cpg, s,
         KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
-        BLOCK_P=block_p, BLOCK_C=block_c,
+        BLOCK_P=block_p, BLOCK_S=block_s, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
         num_warps=warps,
     )

@@ -2,6 +2,7 @@
 program grid, and with 64-bit indexing forced on."""
 import pytest
 import torch
+import triton
 import triton.language as tl
 
 from dlu_triton import reference
@@ -52,5 +53,9 @@ def test_block_config_tiles_fit():
             block_c, block_p, block_qk, warps = common.block_config(cpg, row)
             assert block_c * block_p <= 8192 and block_qk * common.taps_padded(7) <= 2048
             assert warps in (4, 8)
+            for s in (1, 2, 3, 4, 8, 16):
+                block_c, block_p, block_s, warps = common.forward_blocks(cpg, row, s)
+                assert block_c * block_p * block_s <= 8192 and block_s <= triton.next_power_of_2(s * s)
+                assert block_p <= triton.next_power_of_2(row) and warps in (4, 8)
 
 
