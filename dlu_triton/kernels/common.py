@@ -95,18 +95,19 @@ def taps_padded(kernel_size):
 
 
 def forward_blocks(channels_per_group, row_length, scale_factor):
-    """The forward's tiles: (BLOCK_C, BLOCK_P, BLOCK_S, num_warps).
+    """The forward's tiles: (BLOCK_C, BLOCK_P, BLOCK_SY, num_warps).
 
-    A program holds [BLOCK_C channels, BLOCK_P source pixels of one row, BLOCK_S sub-pixels]
-    (about 8192 accumulators, 32 a thread at 8 warps). Sub-pixels come first, all s*s of them up
-    to 64, so each loaded feature serves them all; then channels, up to 64, over which DLU's kernel
-    sampling is shared; the rest is pixels. docs/performance.md has the measurements.
+    A program holds [BLOCK_C channels, BLOCK_SY sub-pixel rows, BLOCK_P source pixels of one row,
+    s sub-pixel columns (padded to a power of two)], up to 8192 accumulators at 4 warps. Up to 16
+    sub-pixels share each loaded feature (more measured slower); then channels, up to 64, over
+    which DLU's kernel sampling is shared; the rest is pixels, up to 16. The block sweep behind
+    these choices: docs/results/h100-block-sweep.md.
     """
-    block_s = min(triton.next_power_of_2(scale_factor * scale_factor), 64)
+    sxp = triton.next_power_of_2(scale_factor)
+    block_sy = max(1, min(sxp, 16 // sxp))
     block_c = min(triton.next_power_of_2(channels_per_group), 64)
-    block_p = max(1, min(8192 // (block_s * block_c), 32, triton.next_power_of_2(row_length)))
-    warps = 8 if block_s * block_c * block_p >= 8192 else 4
-    return block_c, block_p, block_s, warps
+    block_p = max(1, min(8192 // (block_sy * sxp * block_c), 16, triton.next_power_of_2(row_length)))
+    return block_c, block_p, block_sy, 4
 
 
 def block_config(channels_per_group, row_length):

@@ -13,13 +13,16 @@ CARAFE loads K from `masks`. DLU builds it in registers (common.py has the sampl
 
 so neither the softmaxed kernel space nor the high-resolution mask ever reaches global memory.
 
-Program: image n, source row iy, BLOCK_P consecutive source pixels ix of that row, BLOCK_S of
-their s*s sub-pixels t and BLOCK_C channels of one group: a [BLOCK_C, BLOCK_P, BLOCK_S] tile of
-the output. Each tap's features [BLOCK_C, BLOCK_P] are one contiguous gather (consecutive ix)
-used by all BLOCK_S sub-pixels in registers, and each tap's kernel values [BLOCK_P, BLOCK_S] are
-shared by the BLOCK_C channels. For DLU each point first takes the log-sum-exp of its 4 corners'
-logits; a tap then costs 4 gathers and 4 exp2 per point. Accumulation is in fp32 (fp64 for fp64
-inputs); the store casts to the output dtype.
+Program: image n, source row iy, BLOCK_P consecutive source pixels ix of that row, BLOCK_SY
+sub-pixel rows and all s sub-pixel columns, BLOCK_C channels of one group: an output tile
+[BLOCK_C, BLOCK_SY, BLOCK_P, s]. Each tap's features [BLOCK_C, BLOCK_P] are one contiguous gather
+(consecutive ix) used by all the tile's sub-pixels in registers, and each tap's kernel values
+[BLOCK_SY, BLOCK_P, s] are shared by the BLOCK_C channels. The store flattens (pixel, sub-pixel
+column) into one run of BLOCK_P*s consecutive output columns, so the compiler sees contiguous
+rows and writes whole sectors (with s a runtime value it wrote 4 bytes per 32-byte sector, and
+L2 throughput, not DRAM, bounded the kernel: docs/performance.md). For DLU each point first
+takes the log-sum-exp of its 4 corners' logits; a tap then costs 4 gathers and 4 exp2 per point.
+Accumulation is in fp32 (fp64 for fp64 inputs); the store casts to the output dtype.
 """
 import triton
 import triton.language as tl
@@ -29,19 +32,21 @@ from .common import (
 )
 
 
-@triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
+@triton.jit(do_not_specialize=["H", "W", "CPG"])
 def _reassemble_kernel(
     x_ptr, k_ptr, off_ptr, out_ptr,  # features; logits (DLU) or masks (CARAFE); offsets (DLU); output
     sxn, sxc, sxy, sxx,  # features strides
     skn, skc, sky, skx,  # logits / masks strides
     son, soc, soy, sox,  # offsets strides
     sun, suc, suy, sux,  # output strides
-    H, W, CPG, S,  # low-resolution size, channels per group, scale factor
+    H, W, CPG,  # low-resolution size, channels per group
+    S: tl.constexpr,  # scale factor (constexpr: output columns ix*s + sx must look contiguous)
+    SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU, sample K from logits and offsets; 0: CARAFE, load K
     BLOCK_P: tl.constexpr,  # source pixels (of one row) per program
-    BLOCK_S: tl.constexpr,  # sub-pixels per program
+    BLOCK_SY: tl.constexpr,  # sub-pixel rows per program
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype (int64 only for huge tensors)
@@ -49,27 +54,31 @@ def _reassemble_kernel(
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
     n_pblocks = tl.cdiv(W, BLOCK_P)
-    n_sblocks = tl.cdiv(S * S, BLOCK_S)
+    n_yblocks: tl.constexpr = (S + BLOCK_SY - 1) // BLOCK_SY
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
-    pid = tl.program_id(0)  # ((n * H + iy) * n_pblocks + pblock) * n_sblocks + sblock
-    sub = (pid % n_sblocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    row = pid // n_sblocks // n_pblocks
+    pid = tl.program_id(0)  # ((n * H + iy) * n_pblocks + pblock) * n_yblocks + yblock
+    sy = (pid % n_yblocks) * BLOCK_SY + tl.arange(0, BLOCK_SY)  # [SY]
+    row = pid // n_yblocks // n_pblocks
     iy = (row % H).to(IDX)
     n = (row // H).to(IDX)
-    ix = ((pid // n_sblocks % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)
+    ix0 = ((pid // n_yblocks % n_pblocks) * BLOCK_P).to(IDX)
+    ix = ix0 + tl.arange(0, BLOCK_P)  # [P]
+    sx = tl.arange(0, SXP)  # [X]
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
     p_ok = ix < W
     c_ok = cg < CPG
-    ok = p_ok[:, None] & (sub < S * S)[None, :]  # [P, S]
-    oy = iy * S + sub // S  # [S]
-    ox = ix[:, None] * S + (sub % S)[None, :]  # [P, S]
+    sy_ok = sy < S
+    ok = sy_ok[:, None, None] & p_ok[None, :, None] & (sx < S)[None, None, :]  # [SY, P, X]
+    oy = iy * S + sy  # [SY]
+    ix3 = ix[None, :, None]
     k_base = k_ptr + n * skn
 
     if FROM_LOGITS:
+        sub = sy[:, None, None] * S + sx[None, None, :]
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
-            off_ptr + n * son + iy * soy + ix[:, None] * sox, g, iy, ix[:, None], sub[None, :], ok, soc, H, W, S, ACC)
+            off_ptr + n * son + iy * soy + ix3 * sox, g, iy, ix3, sub, ok, soc, H, W, S, ACC)
         a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
         a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
         a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
@@ -83,9 +92,9 @@ def _reassemble_kernel(
         w10 = fy * (1.0 - fx)
         w11 = fy * fx
     else:
-        a_out = oy[None, :] * sky + ox * skx
+        a_out = oy[:, None, None] * sky + (ix3 * S + sx[None, None, :]) * skx
 
-    acc = tl.zeros((BLOCK_C, BLOCK_P, BLOCK_S), dtype=ACC)
+    acc = tl.zeros((BLOCK_C, BLOCK_SY, BLOCK_P, SXP), dtype=ACC)
     x_base = x_ptr + n * sxn + c[:, None] * sxc
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
@@ -101,10 +110,19 @@ def _reassemble_kernel(
         # where(), not &: the interpreter mistypes a tensor & a scalar bool
         t_ok = tl.where((ty >= 0) & (ty < H), p_ok & (tx >= 0) & (tx < W), False)
         f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
-        acc += f.to(ACC)[:, :, None] * kj[None, :, :]
+        acc += f.to(ACC)[:, None, :, None] * kj[None, :, :, :]
 
-    out = out_ptr + n * sun + c[:, None, None] * suc + (oy[None, :] * suy + ox * sux)[None, :, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None, None] & ok[None, :, :])
+    # (pixel, sub-pixel column) flattened: output columns ix0*s + m, consecutive when SXP == S
+    M: tl.constexpr = BLOCK_P * SXP
+    res = tl.reshape(acc, (BLOCK_C, BLOCK_SY, M)).to(out_ptr.dtype.element_ty)
+    m = tl.arange(0, M)
+    if SXP == S:
+        ox = ix0 * S + m
+    else:
+        ox = (ix0 + m // SXP) * S + m % SXP
+    m_ok = (ix0 + m // SXP < W) & (m % SXP < S)
+    out = out_ptr + n * sun + c[:, None, None] * suc + (oy * suy)[None, :, None] + (ox * sux)[None, None, :]
+    tl.store(out, res, mask=c_ok[:, None, None] & sy_ok[None, :, None] & m_ok[None, None, :])
 
 
 def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
@@ -116,14 +134,14 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     from_logits = offsets is not None
     off = offsets if from_logits else kernels  # CARAFE never reads it
     cpg = c // group_size
-    block_c, block_p, block_s, warps = forward_blocks(cpg, w, s)
-    grid = (n * h * triton.cdiv(w, block_p) * triton.cdiv(s * s, block_s), group_size * triton.cdiv(cpg, block_c))
+    block_c, block_p, block_sy, warps = forward_blocks(cpg, w, s)
+    grid = (n * h * triton.cdiv(w, block_p) * triton.cdiv(s, block_sy), group_size * triton.cdiv(cpg, block_c))
     _reassemble_kernel[grid](
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
-        h, w, cpg, s,
-        KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(from_logits),
-        BLOCK_P=block_p, BLOCK_S=block_s, BLOCK_C=block_c,
+        h, w, cpg,
+        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
+        FROM_LOGITS=int(from_logits), BLOCK_P=block_p, BLOCK_SY=block_sy, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
         num_warps=warps,
     )
