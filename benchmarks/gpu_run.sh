@@ -2,6 +2,7 @@
 # The GPU session's runs, writing everything under $OUT (see docs/testing.md, docs/benchmarks.md).
 #   bash benchmarks/gpu_run.sh tests sweep compare bench   # tests, tile sweep, compare, benchmark suite
 #   bash benchmarks/gpu_run.sh props sanitize              # 1080-case property sweep, compute-sanitizer
+#   bash benchmarks/gpu_run.sh profile                     # Nsight Compute, one launch of each kernel
 # The timeouts let three device calls (each under 10 minutes) do everything:
 #   tests props  |  bench compare  |  sanitize
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
@@ -36,6 +37,13 @@ for step in "$@"; do
           -k "cuda and not compile and not gradcheck" 2>&1 | tee "$OUT/sanitize-$tool.log" | tail -6
         echo "compute-sanitizer $tool exit: ${PIPESTATUS[0]}" | tee -a "$OUT/sanitize-$tool.log"
       done ;;
+    profile)
+      # "L2 Compression Input Sectors" (MemoryWorkloadAnalysis) counts L2 writes: compare with the
+      # output's minimal sectors (docs/performance.md, forward v5 -> v6).
+      timeout 120 ncu --clock-control none -k regex:"_reassemble|_mask_grad|_feature_grad" -c 4 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+        --section LaunchStats --section Occupancy python3 benchmarks/profile_once.py > "$OUT/ncu.txt" 2>&1
+      grep -E "^  _|Duration|Throughput|Registers Per|Achieved Occ|Compression Input" "$OUT/ncu.txt" ;;
     bench)
       timeout 350 python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable --benchmark-only \
         --benchmark-json="$OUT/benchmarks.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -4

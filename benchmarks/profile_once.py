@@ -1,9 +1,5 @@
-"""One launch of each kernel at N2 C256 128x128 k5 s2 fp32, for Nsight Compute:
-
-    ncu --clock-control none -k regex:"_reassemble|_mask_grad|_feature_grad" -c 4 \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
-        --section LaunchStats --section Occupancy python3 benchmarks/profile_once.py
-"""
+"""One launch of each kernel at N2 C256 128x128 k5 s2 fp32, for Nsight Compute
+(`bash benchmarks/gpu_run.sh profile` has the ncu command)."""
 import torch
 
 from dlu_triton import benchmark as B
