@@ -111,12 +111,12 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
 
 
 def block_config(channels_per_group, row_length):
-    """The one place block sizes are chosen: (BLOCK_C, BLOCK_P, BLOCK_QK, num_warps).
+    """The backward's tiles: (BLOCK_C, BLOCK_P, BLOCK_QK, num_warps).
 
-    Reassembly tiles are BLOCK_C channels x BLOCK_P pixels of one row (about 8192 fp32 outputs,
-    32 registers a thread at 8 warps); a wide BLOCK_C amortises DLU's kernel sampling over
-    channels. BLOCK_QK sizes the [pixels, k*k] tiles of the mask-gradient kernel.
-    docs/results/h100-block-sweep.md has the measurements behind these choices.
+    Features-gradient tiles are BLOCK_C channels x BLOCK_P pixels of one row (about 8192 fp32
+    accumulators, 32 registers a thread at 8 warps). BLOCK_QK sizes the [pixels, k*k] tiles of
+    the mask-gradient kernel. docs/results/h100-block-sweep.md (its 2026-11-22 part) has the
+    measurements behind these choices.
     """
     block_c = min(triton.next_power_of_2(channels_per_group), 256)
     block_p = max(16, min(64, 8192 // block_c, triton.next_power_of_2(row_length)))
