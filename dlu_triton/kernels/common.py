@@ -105,7 +105,9 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     """
     sxp = triton.next_power_of_2(scale_factor)
     block_sy = max(1, min(sxp, 16 // sxp))
-    block_c = min(triton.next_power_of_2(channels_per_group), 64)
+    # past s = 128 one sub-pixel row alone is wide: fewer channels keep the tile at 8192
+    # accumulators (64 registers a thread) instead of spilling
+    block_c = min(triton.next_power_of_2(channels_per_group), 64, max(1, 8192 // sxp))
     block_p = max(1, min(8192 // (block_sy * sxp * block_c), 16, triton.next_power_of_2(row_length)))
     return block_c, block_p, block_sy, 4
 

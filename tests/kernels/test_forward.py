@@ -65,7 +65,7 @@ def test_block_config_tiles_fit():
             block_c, block_p, block_qk, warps = common.block_config(cpg, row)
             assert block_c * block_p <= 8192 and block_qk * common.taps_padded(7) <= 2048
             assert warps in (4, 8)
-            for s in (1, 2, 3, 4, 8, 16):
+            for s in (1, 2, 3, 4, 8, 16, 64, 1000):
                 block_c, block_p, block_sy, warps = common.forward_blocks(cpg, row, s)
                 assert block_c * block_p * block_sy * triton.next_power_of_2(s) <= 8192 and block_sy <= triton.next_power_of_2(s)
                 assert block_p <= triton.next_power_of_2(row) and warps in (4, 8)
