@@ -9,26 +9,36 @@ from dlu_triton.kernels import backward
 
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
-from .test_forward import WIDE, dtype_for, kernel_device  # noqa: F401  (fixture)
+from .test_forward import ODD_SCALES, WIDE, dtype_for, kernel_device  # noqa: F401  (fixture)
+
+
+def check_backward(shape, device):
+    """Both backward launchers against the float64 reference's gradients."""
+    n, c, h, w, k, g, s = shape
+    dt = dtype_for(device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
+    grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=device)
+    got = backward.dlu_backward(grad, *inputs, k, g, s)
+    expected = reference.dlu_upsample_backward(grad.double(), *(t.double() for t in inputs), k, g, s)
+    for name, a, e in zip(("features", "logits", "offsets"), got, expected):
+        assert_close(f"grad {name}", a, e)
+    f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
+    got = backward.carafe_backward(grad, f, m, k, g, s)
+    expected = reference.carafe_backward(grad.double(), f.double(), m.double(), k, g, s)
+    for name, a, e in zip(("features", "masks"), got, expected):
+        assert_close(f"grad {name}", a, e)
 
 
 @pytest.mark.parametrize("force_int64", [False, True])
 def test_backward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):  # noqa: F811
     if force_int64:
         monkeypatch.setattr(backward, "index_dtype", lambda *t: tl.int64)
-    n, c, h, w, k, g, s = WIDE
-    dt = dtype_for(kernel_device)
-    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
-    grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=kernel_device)
-    got = backward.dlu_backward(grad, *inputs, k, g, s)
-    expected = reference.dlu_upsample_backward(grad.double(), *(t.double() for t in inputs), k, g, s)
-    for name, a, e in zip(("features", "logits", "offsets"), got, expected):
-        assert_close(f"grad {name}", a, e)
-    f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
-    got = backward.carafe_backward(grad, f, m, k, g, s)
-    expected = reference.carafe_backward(grad.double(), f.double(), m.double(), k, g, s)
-    for name, a, e in zip(("features", "masks"), got, expected):
-        assert_close(f"grad {name}", a, e)
+    check_backward(WIDE, kernel_device)
+
+
+@pytest.mark.parametrize("shape", ODD_SCALES, ids=str)
+def test_backward_scale_factors_not_powers_of_two(kernel_device, shape):  # noqa: F811
+    check_backward(shape, kernel_device)
 
 
 def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):  # noqa: F811

@@ -39,11 +39,15 @@ def test_forward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):
     assert_close("carafe", forward.carafe_forward(f, m, k, g, s), reference.carafe(f.double(), m.double(), k, g, s))
 
 
-@pytest.mark.parametrize("s", [3, 5, 6, 7])
-def test_forward_scale_factors_not_powers_of_two(kernel_device, s):
+# Scale factors that are not powers of two, on a row that is not a whole number of blocks.
+ODD_SCALES = [(1, 4, 2, 5, 3, 2, s) for s in (3, 5, 6, 7)]
+
+
+@pytest.mark.parametrize("shape", ODD_SCALES, ids=str)
+def test_forward_scale_factors_not_powers_of_two(kernel_device, shape):
     """s padded to a power of two in the tile, sub-pixel rows split over programs: the padding
     lanes and the last, partial block of sub-pixel rows must be masked, every real one written."""
-    n, c, h, w, k, g = 2, 6, 3, 11, 3, 2
+    n, c, h, w, k, g, s = shape
     dt = dtype_for(kernel_device)
     inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
     assert_close("dlu", forward.dlu_forward(*inputs, k, g, s), reference.dlu_upsample(*(t.double() for t in inputs), k, g, s))
