@@ -27,16 +27,21 @@ def dtype_for(device):
     return torch.float32 if device == "cuda" else torch.float64
 
 
+def check_forward(shape, device):
+    """Both forward launchers against the float64 reference."""
+    n, c, h, w, k, g, s = shape
+    dt = dtype_for(device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
+    assert_close("dlu", forward.dlu_forward(*inputs, k, g, s), reference.dlu_upsample(*(t.double() for t in inputs), k, g, s))
+    f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
+    assert_close("carafe", forward.carafe_forward(f, m, k, g, s), reference.carafe(f.double(), m.double(), k, g, s))
+
+
 @pytest.mark.parametrize("force_int64", [False, True])
 def test_forward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):
     if force_int64:
         monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
-    n, c, h, w, k, g, s = WIDE
-    dt = dtype_for(kernel_device)
-    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
-    assert_close("dlu", forward.dlu_forward(*inputs, k, g, s), reference.dlu_upsample(*(t.double() for t in inputs), k, g, s))
-    f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
-    assert_close("carafe", forward.carafe_forward(f, m, k, g, s), reference.carafe(f.double(), m.double(), k, g, s))
+    check_forward(WIDE, kernel_device)
 
 
 # Scale factors that are not powers of two, on a row that is not a whole number of blocks.
@@ -47,12 +52,7 @@ ODD_SCALES = [(1, 4, 2, 5, 3, 2, s) for s in (3, 5, 6, 7)]
 def test_forward_scale_factors_not_powers_of_two(kernel_device, shape):
     """s padded to a power of two in the tile, sub-pixel rows split over programs: the padding
     lanes and the last, partial block of sub-pixel rows must be masked, every real one written."""
-    n, c, h, w, k, g, s = shape
-    dt = dtype_for(kernel_device)
-    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
-    assert_close("dlu", forward.dlu_forward(*inputs, k, g, s), reference.dlu_upsample(*(t.double() for t in inputs), k, g, s))
-    f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
-    assert_close("carafe", forward.carafe_forward(f, m, k, g, s), reference.carafe(f.double(), m.double(), k, g, s))
+    check_forward(shape, kernel_device)
 
 
 def test_index_width():
