@@ -37,4 +37,3 @@ for s in (2, 16, 4, 8):
         mark = " (chosen)" if (bc, bp, bsy, warps) == chosen else ""
         print(f"| {s} | {bc} | {bp} | {bsy} | {warps}{mark} | {t_dlu:.3f} | {t_car:.3f} | {floor / t_dlu:.0%} |", flush=True)
 forward.forward_blocks = common.forward_blocks
-
