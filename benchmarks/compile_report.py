@@ -1,0 +1,110 @@
+"""What the compiler makes of each kernel for an H100 (sm_90), on any machine, GPU or not.
+
+    python benchmarks/compile_report.py        # without TRITON_INTERPRET
+
+The launchers run as usual on CPU tensors of the benchmark anchors' shapes until the launch,
+which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
+on a GPU (an int equal to 1 becomes a constant; other ints and pointers divisible by 16 are
+marked so, except the launcher's do_not_specialize ints), then triton.compile builds the kernel
+for sm_90 with the ptxas that Triton ships. Per kernel it prints registers a thread, stack
+(spills), shared memory, and the PTX's global loads and stores by width (b32 = 4 bytes a lane,
+v2/v4 = 8/16) and atomics. For forward v6 with
+triton 3.6 this gives the 122 registers ncu measured on the H100.
+"""
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from dlu_triton.kernels import backward, forward
+
+TARGET = GPUTarget("cuda", 90, 32)
+POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64", torch.int64: "*i64"}
+KERNELS = (forward._reassemble_kernel, backward._mask_grad_kernel, backward._feature_grad_kernel)
+
+
+def specialise(fn, args, kwargs):
+    """ASTSource and options for one caught launch, as the JIT would build them."""
+    kwargs = dict(kwargs)
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    kwargs.pop("grid")
+    kwargs.pop("warmup")
+    bound = dict(zip(fn.arg_names, args), **kwargs)
+    signature, constants, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        v = bound[p.name]
+        if p.is_constexpr:
+            signature[p.name], constants[(i,)] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            signature[p.name] = POINTER[v.dtype]
+            if v.data_ptr() % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif v == 1 and not p.do_not_specialize:
+            signature[p.name], constants[(i,)] = "constexpr", 1
+        else:
+            signature[p.name] = "i32" if -2**31 <= v < 2**31 else "i64"
+            if v % 16 == 0 and not p.do_not_specialize:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return ASTSource(fn, signature, constants, attrs), options
+
+
+def resources(cubin):
+    """Registers, stack and shared bytes from cuobjdump (shipped with Triton)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+
+
+def report(name, launch):
+    """Run `launch` with every kernel launch caught; print one line per compiled kernel."""
+    caught = []
+    for fn in KERNELS:
+        fn.run = lambda *a, _fn=fn, **kw: caught.append((_fn, a, kw))
+    try:
+        launch()
+    finally:
+        for fn in KERNELS:
+            del fn.run
+    for fn, args, kwargs in caught:
+        src, options = specialise(fn, args, kwargs)
+        k = triton.compile(src, target=TARGET, options=options)
+        r = resources(k.asm["cubin"])
+        ptx = k.asm["ptx"]
+        mem = collections.Counter(re.findall(r"\b(ld\.global|st\.global|atom\.global|red\.global)[\w.]*?\.((?:v\d\.)?[bfsu]\d+)\b", ptx))
+        mem = " ".join(f"{op.split('.')[0]}.{w}:{n}" for (op, w), n in sorted(mem.items()))
+        print(f"{name:34s} {fn.__name__:22s} warps {options.get('num_warps', 4)} regs {r['REG']:3d} "
+              f"stack {r['STACK']:4d} shared {r['SHARED']:6d}  {mem}")
+
+
+def main():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
+    print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
+    anchors = [(2, 256, 128, 128, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
+               (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
+               (2, 256, 16, 16, 5, 1, 16, torch.float32), (2, 256, 128, 128, 3, 1, 2, torch.float32)]
+    for n, c, h, w, k, g, s, dt in anchors:
+        x = torch.randn(n, c, h, w, dtype=dt)
+        logits = torch.randn(n, g * k * k, h, w, dtype=dt)
+        offsets = torch.randn(n, 2 * g * s * s, h, w, dtype=dt)
+        masks = torch.rand(n, g * k * k, s * h, s * w, dtype=dt)
+        dy = torch.randn(n, c, s * h, s * w, dtype=dt)
+        shape = f"N{n} C{c} {h}x{w} s{s} k{k} {str(dt)[6:]}"
+        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s))
+        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s))
+        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s))
+        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s))
+
+
+if __name__ == "__main__":
+    main()
