@@ -18,16 +18,26 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
        dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
    so every input pixel is written once, without atomics.
 
-Grids: step 1 runs one program per (output row, BLOCK_Q pixels of it, group) and loops over the
-group's channels into a [BLOCK_Q, k*k] accumulator; step 2 one per (input row, BLOCK_Q pixels of
-it, BLOCK_C channels) and loops over taps and sub-pixels.
+Tiles. Both kernels take s as a compile-time constant and lay a program's output columns out as
+[BLOCK_P source pixels x s sub-pixel columns] (s padded to a power of two), so every dy row they
+read is one contiguous run the compiler can vectorise (with s at run time it read dy in 4-byte,
+stride-s pieces, as the forward once wrote its output).
+Step 1: one program per (output row, BLOCK_P source pixels, group). For each tap j it loops over
+the group's channels in blocks of BLOCK_C, accumulating dy[c, o] * x[c, q(o) + d_j] into a
+[BLOCK_C, columns] tile that is summed over channels once per tap: k*k reductions per program,
+however many channels.
+Step 2: one program per (input row, BLOCK_P input pixels, BLOCK_C channels). For each tap row,
+sub-pixel row and tap column it loads the dy run of the output pixels that read these inputs
+(consecutive columns) with their K, and accumulates dy * K into [BLOCK_C, columns]; the s
+sub-pixel columns of each input pixel are summed once at the end.
 """
 import torch
 import triton
 import triton.language as tl
 
 from .common import (
-    acc_dtype, block_config, corner_softmax, index_dtype, new_output, sampling_point, taps_padded,
+    FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, corner_softmax, grad_blocks, index_dtype, new_output,
+    sampling_point, taps_padded,
 )
 
 
@@ -45,7 +55,7 @@ def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, live, A
         tl.store(row_at, row.to(tl.int64), mask=q_ok)
 
 
-@triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
+@triton.jit(do_not_specialize=["H", "W", "CPG"])
 def _mask_grad_kernel(
     gy_ptr, x_ptr, l_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dy; features; logits; offsets;
     # K out (DLU) or mask gradient out (CARAFE); logits-gradient accumulator; offsets gradient
@@ -57,45 +67,63 @@ def _mask_grad_kernel(
     skn, skc, sky, skx,  # K / mask-gradient strides
     sdn, sdc, sdy, sdx,  # logits-gradient accumulator strides
     sen, sec, sey, sex,  # offsets-gradient strides
-    H, W, CPG, S,  # low-resolution size, channels per group, scale factor
+    H, W, CPG,  # low-resolution size, channels per group
+    S: tl.constexpr,  # scale factor (constexpr: output columns ix*s + sx must look contiguous)
+    SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     FROM_LOGITS: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
     ATOMIC: tl.constexpr,  # DLU: 1 adds the logits' gradient with atomics, 0 stores corner shares
-    BLOCK_Q: tl.constexpr,  # output pixels (of one row) per program
+    BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
+    BLOCK_C: tl.constexpr,  # channels per step of the channel loop
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
-    n_qblocks = tl.cdiv(W * S, BLOCK_Q)
-    row = tl.program_id(0) // n_qblocks  # n * s*H + oy
+    M: tl.constexpr = BLOCK_P * SXP
+    n_pblocks = tl.cdiv(W, BLOCK_P)
+    row = tl.program_id(0) // n_pblocks  # n * s*H + oy
     oy = (row % (H * S)).to(IDX)
     n = (row // (H * S)).to(IDX)
-    ox = ((tl.program_id(0) % n_qblocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(IDX)
+    ix0 = ((tl.program_id(0) % n_pblocks) * BLOCK_P).to(IDX)
     g = tl.program_id(1)
-    q_ok = ox < W * S
+    # column m of the tile: source pixel ix0 + m // SXP, sub-pixel column m % SXP
+    m = tl.arange(0, M)
+    sx = m % SXP
+    ix = ix0 + m // SXP
+    q_ok = (ix < W) & (sx < S)
+    if SXP == S:
+        ox = ix0 * S + m
+    else:
+        ox = ix * S + sx
     iy = oy // S
-    ix = ox // S
     j = tl.arange(0, KKP)
     j_ok = j < KK
-    ty = iy + (j // KS - R)  # [KKP] tap rows
-    tx = ix[:, None] + (j % KS - R)[None, :]  # [Q, KKP] tap columns
-    t_ok = (q_ok[:, None] & (tx >= 0) & (tx < W)) & (j_ok & (ty >= 0) & (ty < H))[None, :]
+    cb = tl.arange(0, BLOCK_C)
 
-    dk = tl.zeros((BLOCK_Q, KKP), dtype=ACC)
-    gy_base = gy_ptr + n * sgn + oy * sgy + ox * sgx
-    x_base = x_ptr + n * sxn + ty[None, :] * sxy + tx * sxx
-    for ci in range(CPG):
-        c = (g * CPG + ci).to(IDX)
-        dyc = tl.load(gy_base + c * sgc, mask=q_ok, other=0.0).to(ACC)
-        xc = tl.load(x_base + c * sxc, mask=t_ok, other=0.0).to(ACC)
-        dk += dyc[:, None] * xc
+    dk = tl.zeros((M, KKP), dtype=ACC)
+    gy_base = gy_ptr + n * sgn + oy * sgy + ox * sgx  # [M]: one contiguous run of the output row
+    x_base = x_ptr + n * sxn
+    for jt in range(KK):
+        ty = iy + (jt // KS - R)
+        tx = ix + (jt % KS - R)
+        # where(), not &: the interpreter mistypes a tensor & a scalar bool
+        t_ok = tl.where((ty >= 0) & (ty < H), q_ok & (tx >= 0) & (tx < W), False)
+        x_at = x_base + ty * sxy + tx * sxx  # [M], each pixel repeated over its sub-pixel columns
+        part = tl.zeros((BLOCK_C, M), dtype=ACC)
+        for c0 in range(0, CPG, BLOCK_C):
+            c_ok = c0 + cb < CPG
+            c = (g * CPG + c0 + cb).to(IDX)
+            dyc = tl.load(gy_base[None, :] + (c * sgc)[:, None], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
+            xc = tl.load(x_at[None, :] + (c * sxc)[:, None], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
+            part += dyc.to(ACC) * xc.to(ACC)
+        dk = tl.where(j[None, :] == jt, tl.sum(part, axis=0)[:, None], dk)
 
     qj_ok = q_ok[:, None] & j_ok[None, :]
     k_out = k_ptr + n * skn + (oy * sky + ox * skx)[:, None] + ((g * KK + j) * skc)[None, :]
     if FROM_LOGITS:
-        sub = (oy % S) * S + ox % S
+        sub = (oy % S) * S + sx
         y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(
             off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
         l_base = l_ptr + n * sln
@@ -126,7 +154,7 @@ def _mask_grad_kernel(
 
         d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, :]
         ng = n * tl.num_programs(1) + g
-        point = (ng * (H * S) + oy) * (W * S) + ox  # [Q], in the share buffers
+        point = (ng * (H * S) + oy) * (W * S) + ox  # [M], in the share buffers
         share = share_ptr + (point * 4 * KK)[:, None] + j[None, :]
         rows = row_ptr + point * 4
         y0r = (ng * H + y0) * W  # rows of the logits' gradient as [N*G*H*W, k*k]
@@ -143,51 +171,64 @@ def _mask_grad_kernel(
         tl.store(k_out, dk.to(k_ptr.dtype.element_ty), mask=qj_ok)
 
 
-@triton.jit(do_not_specialize=["H", "W", "CPG", "S"])
+@triton.jit(do_not_specialize=["H", "W", "CPG"])
 def _feature_grad_kernel(
     gy_ptr, k_ptr, dx_ptr,  # dy; K (masks); features gradient
     sgn, sgc, sgy, sgx,  # dy strides
     skn, skc, sky, skx,  # K strides
     sdn, sdc, sdy, sdx,  # features-gradient strides
-    H, W, CPG, S,  # low-resolution size, channels per group, scale factor
+    H, W, CPG,  # low-resolution size, channels per group
+    S: tl.constexpr,  # scale factor (constexpr: output columns qx*s + sx must look contiguous)
+    SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
-    BLOCK_Q: tl.constexpr,  # input pixels (of one row) per program
+    BLOCK_P: tl.constexpr,  # input pixels (of one row) per program
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
-    n_qblocks = tl.cdiv(W, BLOCK_Q)
+    M: tl.constexpr = BLOCK_P * SXP
+    n_pblocks = tl.cdiv(W, BLOCK_P)
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
-    row = tl.program_id(0) // n_qblocks  # n * H + iy
+    row = tl.program_id(0) // n_pblocks  # n * H + iy
     iy = (row % H).to(IDX)
     n = (row // H).to(IDX)
-    ix = ((tl.program_id(0) % n_qblocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(IDX)
+    ix0 = ((tl.program_id(0) % n_pblocks) * BLOCK_P).to(IDX)
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    p_ok = ix < W
     c_ok = cg < CPG
+    # column m of the tile: input pixel ix0 + m // SXP, sub-pixel column m % SXP of the output
+    # pixels that read it; the sub-pixel columns are summed at the end
+    m = tl.arange(0, M)
+    sx = m % SXP
+    p = ix0 + m // SXP
+    p_ok = (p < W) & (sx < S)
 
-    acc = tl.zeros((BLOCK_C, BLOCK_Q), dtype=ACC)
-    gy_base = gy_ptr + n * sgn + c[:, None] * sgc
-    k_base = k_ptr + n * skn
-    for j in range(KK):
-        # The output pixels whose tap j reads pixel p have source pixel p - d_j.
-        qy = iy - (j // KS - R)
-        qx = ix - (j % KS - R)
-        q_ok = tl.where((qy >= 0) & (qy < H), p_ok & (qx >= 0) & (qx < W), False)
-        kq_ok = c_ok[:, None] & q_ok[None, :]
-        for t in range(S * S):
-            oy = qy * S + t // S
-            ox = qx * S + t % S
-            kj = tl.load(k_base + (g * KK + j) * skc + oy * sky + ox * skx, mask=q_ok, other=0.0).to(ACC)
-            dy = tl.load(gy_base + (oy * sgy + ox * sgx)[None, :], mask=kq_ok, other=0.0)
-            acc += dy.to(ACC) * kj[None, :]
+    acc = tl.zeros((BLOCK_C, M), dtype=ACC)
+    gy_base = gy_ptr + n * sgn + (c * sgc)[:, None]
+    k_base = k_ptr + n * skn + g * KK * skc
+    for ky in range(KS):
+        # The output pixels whose tap (ky, kx) reads pixel p have source pixel p - d.
+        qy = iy - (ky - R)
+        for sy in range(S):
+            oy = qy * S + sy
+            for kx in range(KS):
+                qx = p - (kx - R)
+                if SXP == S:
+                    ox = (ix0 - (kx - R)) * S + m
+                else:
+                    ox = qx * S + sx
+                q_ok = tl.where((qy >= 0) & (qy < H), p_ok & (qx >= 0) & (qx < W), False)
+                kj = tl.load(k_base + (ky * KS + kx) * skc + oy * sky + ox * skx, mask=q_ok, other=0.0)
+                dy = tl.load(gy_base + (oy * sgy + ox * sgx)[None, :], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
+                acc += dy.to(ACC) * kj.to(ACC)[None, :]
 
-    dx = dx_ptr + n * sdn + c[:, None] * sdc + (iy * sdy + ix * sdx)[None, :]
-    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
+    dx = tl.sum(tl.reshape(acc, (BLOCK_C, BLOCK_P, SXP)), axis=2)
+    ix = ix0 + tl.arange(0, BLOCK_P)
+    out = dx_ptr + n * sdn + c[:, None] * sdc + (iy * sdy + ix * sdx)[None, :]
+    tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & (ix < W)[None, :])
 
 
 def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor, dlu=None):
@@ -198,14 +239,15 @@ def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor,
     logits, offsets, dlogits, doffsets, shares, rows = dlu or (k_out,) * 6
     atomic = shares is None
     shares, rows = (dlogits, dlogits) if atomic else (shares, rows)  # the atomic kernel never reads them
-    block_q = block_config(c // group_size, s * w)[2]
-    grid = (n * s * h * triton.cdiv(s * w, block_q), group_size)
+    block_c, block_p = grad_blocks(c // group_size, w, s, MASK_GRAD_COLUMNS)
+    grid = (n * s * h * triton.cdiv(w, block_p), group_size)
     tensors = (grad_out, features, logits, offsets, k_out, dlogits, doffsets)
     _mask_grad_kernel[grid](
         *tensors, shares, rows, *(st for t in tensors for st in t.stride()),
-        h, w, c // group_size, s,
-        KS=kernel_size, KKP=taps_padded(kernel_size), FROM_LOGITS=int(dlu is not None), ATOMIC=int(atomic),
-        BLOCK_Q=block_q, ACC=acc_dtype(features), IDX=index_dtype(*tensors, shares),
+        h, w, c // group_size,
+        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
+        FROM_LOGITS=int(dlu is not None), ATOMIC=int(atomic), BLOCK_P=block_p, BLOCK_C=block_c,
+        ACC=acc_dtype(features), IDX=index_dtype(*tensors, shares),
         num_warps=4,
     )
 
@@ -213,14 +255,15 @@ def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor,
 def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_factor):
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
-    block_c, block_q, _, warps = block_config(cpg, w)
-    grid = (n * h * triton.cdiv(w, block_q), group_size * triton.cdiv(cpg, block_c))
+    s = scale_factor
+    block_c, block_p = grad_blocks(cpg, w, s, FEATURE_GRAD_COLUMNS)
+    grid = (n * h * triton.cdiv(w, block_p), group_size * triton.cdiv(cpg, block_c))
     _feature_grad_kernel[grid](
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
-        h, w, cpg, scale_factor,
-        KS=kernel_size, BLOCK_Q=block_q, BLOCK_C=block_c,
+        h, w, cpg,
+        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
-        num_warps=warps,
+        num_warps=4,
     )
 
 

@@ -112,16 +112,20 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     return block_c, block_p, block_sy, 4
 
 
-def block_config(channels_per_group, row_length):
-    """The backward's tiles: (BLOCK_C, BLOCK_P, BLOCK_QK, num_warps).
+# Output columns a backward program covers (source pixels x s sub-pixel columns). The mask
+# gradient re-reads its dy strip [C/G, columns] for each of the k*k taps, so it is kept small
+# enough to stay in L1 (32 KB at 256 channels); the features gradient keeps [BLOCK_C, columns]
+# accumulators and reads every dy row it needs in runs of this length.
+MASK_GRAD_COLUMNS = 32
+FEATURE_GRAD_COLUMNS = 64
 
-    Features-gradient tiles are BLOCK_C channels x BLOCK_P pixels of one row (about 8192 fp32
-    accumulators, 32 registers a thread at 8 warps). BLOCK_QK sizes the [pixels, k*k] tiles of
-    the mask-gradient kernel. docs/results/h100-block-sweep.md (its 2026-11-22 part) has the
-    measurements behind these choices.
-    """
-    block_c = min(triton.next_power_of_2(channels_per_group), 256)
-    block_p = max(16, min(64, 8192 // block_c, triton.next_power_of_2(row_length)))
-    block_qk = 16  # the mask-gradient kernel is latency-bound; more, smaller programs help (block sweep)
-    warps = 8 if block_c * block_p >= 8192 else 4
-    return block_c, block_p, block_qk, warps
+
+def grad_blocks(channels_per_group, row_length, scale_factor, columns):
+    """The backward's tiles: (BLOCK_C, BLOCK_P), a program's [BLOCK_C channels, BLOCK_P source
+    pixels x s sub-pixel columns] (s padded to a power of two): about `columns` output columns,
+    at least one pixel, up to 64 channels and 4096 fp32 accumulators (32 registers a thread at
+    4 warps)."""
+    sxp = triton.next_power_of_2(scale_factor)
+    block_p = max(1, min(columns // sxp, triton.next_power_of_2(row_length)))
+    block_c = min(triton.next_power_of_2(channels_per_group), 64, max(1, 4096 // (block_p * sxp)))
+    return block_c, block_p

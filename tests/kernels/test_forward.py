@@ -63,15 +63,14 @@ def test_index_width():
     assert common.index_dtype(small, torch.empty(0, 2**20, 2**20, 4, device="meta")) == tl.int32  # empty: never read
 
 
-def test_block_config_tiles_fit():
+def test_tiles_fit():
     for cpg in (1, 7, 64, 256, 1024):
         for row in (1, 17, 64, 1000):
-            block_c, block_p, block_qk, warps = common.block_config(cpg, row)
-            assert block_c * block_p <= 8192 and block_qk * common.taps_padded(7) <= 2048
-            assert warps in (4, 8)
             for s in (1, 2, 3, 4, 8, 16, 64, 1000):
+                sxp = triton.next_power_of_2(s)
+                for columns in (common.MASK_GRAD_COLUMNS, common.FEATURE_GRAD_COLUMNS):
+                    block_c, block_p = common.grad_blocks(cpg, row, s, columns)
+                    assert block_c * block_p * sxp <= max(4096, sxp) and 1 <= block_p <= triton.next_power_of_2(row)
                 block_c, block_p, block_sy, warps = common.forward_blocks(cpg, row, s)
-                assert block_c * block_p * block_sy * triton.next_power_of_2(s) <= 8192 and block_sy <= triton.next_power_of_2(s)
+                assert block_c * block_p * block_sy * sxp <= 8192 and block_sy <= sxp
                 assert block_p <= triton.next_power_of_2(row) and warps in (4, 8)
-
-
