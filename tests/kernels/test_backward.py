@@ -9,7 +9,7 @@ from dlu_triton.kernels import backward
 
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
-from .test_forward import ODD_SCALES, WIDE, dtype_for, kernel_device  # noqa: F401  (fixture)
+from .test_forward import SCALES, WIDE, dtype_for, kernel_device  # noqa: F401  (fixture)
 
 
 def check_backward(shape, device):
@@ -36,8 +36,8 @@ def test_backward_tiles_and_index_width(kernel_device, force_int64, monkeypatch)
     check_backward(WIDE, kernel_device)
 
 
-@pytest.mark.parametrize("shape", ODD_SCALES, ids=str)
-def test_backward_scale_factors_not_powers_of_two(kernel_device, shape):  # noqa: F811
+@pytest.mark.parametrize("shape", SCALES, ids=str)
+def test_backward_scale_factors(kernel_device, shape):  # noqa: F811
     check_backward(shape, kernel_device)
 
 

@@ -44,12 +44,13 @@ def test_forward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):
     check_forward(WIDE, kernel_device)
 
 
-# Scale factors that are not powers of two, on a row that is not a whole number of blocks.
-ODD_SCALES = [(1, 4, 2, 5, 3, 2, s) for s in (3, 5, 6, 7)]
+# Scale factors that are not powers of two, on a row that is not a whole number of blocks; and
+# s = 33 (64 padded sub-pixel columns), wider than a backward tile, so each program holds one pixel.
+SCALES = [(1, 4, 2, 5, 3, 2, s) for s in (3, 5, 6, 7)] + [(1, 2, 1, 2, 3, 1, 33)]
 
 
-@pytest.mark.parametrize("shape", ODD_SCALES, ids=str)
-def test_forward_scale_factors_not_powers_of_two(kernel_device, shape):
+@pytest.mark.parametrize("shape", SCALES, ids=str)
+def test_forward_scale_factors(kernel_device, shape):
     """s padded to a power of two in the tile, sub-pixel rows split over programs: the padding
     lanes and the last, partial block of sub-pixel rows must be masked, every real one written."""
     check_forward(shape, kernel_device)
