@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_run.sh props sanitize              # 1080-case property sweep, compute-sanitizer
 #   bash benchmarks/gpu_run.sh profile                     # Nsight Compute, one launch of each kernel
 # The timeouts let three device calls (each under 10 minutes) do everything:
-#   tests props  |  bench compare  |  sanitize
+#   tests bench  |  profile sanitize  |  props compare
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1

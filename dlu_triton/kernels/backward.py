@@ -102,21 +102,27 @@ def _mask_grad_kernel(
     j_ok = j < KK
     cb = tl.arange(0, BLOCK_C)
 
+    # The channel loop reads dy as [BLOCK_C, columns] runs of the output row, and each tap's
+    # features as [BLOCK_C, BLOCK_P] rows of consecutive pixels, repeated over the s sub-pixel
+    # columns in registers. (Loaded directly as [BLOCK_C, columns], each pixel s times, the
+    # features' addresses look contiguous nowhere and the compiler put the lanes along channels:
+    # a 32-byte sector per element.)
+    pix = ix0 + tl.arange(0, BLOCK_P)
+    gy_at = gy_ptr + n * sgn + oy * sgy + ox * sgx  # [M]
     dk = tl.zeros((M, KKP), dtype=ACC)
-    gy_base = gy_ptr + n * sgn + oy * sgy + ox * sgx  # [M]: one contiguous run of the output row
     x_base = x_ptr + n * sxn
     for jt in range(KK):
         ty = iy + (jt // KS - R)
-        tx = ix + (jt % KS - R)
+        tx = pix + (jt % KS - R)
         # where(), not &: the interpreter mistypes a tensor & a scalar bool
-        t_ok = tl.where((ty >= 0) & (ty < H), q_ok & (tx >= 0) & (tx < W), False)
-        x_at = x_base + ty * sxy + tx * sxx  # [M], each pixel repeated over its sub-pixel columns
+        t_ok = tl.where((ty >= 0) & (ty < H), (pix < W) & (tx >= 0) & (tx < W), False)
         part = tl.zeros((BLOCK_C, M), dtype=ACC)
         for c0 in range(0, CPG, BLOCK_C):
             c_ok = c0 + cb < CPG
             c = (g * CPG + c0 + cb).to(IDX)
-            dyc = tl.load(gy_base[None, :] + (c * sgc)[:, None], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
-            xc = tl.load(x_at[None, :] + (c * sxc)[:, None], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
+            dyc = tl.load(gy_at[None, :] + (c * sgc)[:, None], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
+            xc = tl.load(x_base + (c * sxc)[:, None] + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
+            xc = tl.reshape(tl.broadcast_to(xc[:, :, None], (BLOCK_C, BLOCK_P, SXP)), (BLOCK_C, M))
             part += dyc.to(ACC) * xc.to(ACC)
         dk = tl.where(j[None, :] == jt, tl.sum(part, axis=0)[:, None], dk)
 
