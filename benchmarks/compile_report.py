@@ -6,7 +6,8 @@ The launchers run as usual on CPU tensors of the benchmark anchors' shapes until
 which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
 on a GPU (an int equal to 1 becomes a constant; other ints and pointers divisible by 16 are
 marked so, except the launcher's do_not_specialize ints), then triton.compile builds the kernel
-for sm_90 with the ptxas that Triton ships. Per kernel it prints registers a thread, stack
+for sm_90 with the ptxas that Triton ships, with Triton's cache off. Per kernel it prints the
+compile's wall time (on this machine's CPU: what a first call on a new family costs), registers a thread, stack
 (spills), shared memory, and the PTX's global loads and stores by width (b32 = 4 bytes a lane,
 v2/v4 = 8/16) and atomics. For forward v6 with
 triton 3.6 this gives the 122 registers ncu measured on the H100.
@@ -17,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 import triton
@@ -77,18 +79,21 @@ def report(name, launch):
             del fn.run
     for fn, args, kwargs in caught:
         src, options = specialise(fn, args, kwargs)
+        start = time.perf_counter()
         k = triton.compile(src, target=TARGET, options=options)
+        seconds = time.perf_counter() - start
         r = resources(k.asm["cubin"])
         ptx = k.asm["ptx"]
         mem = collections.Counter(re.findall(r"\b(ld\.global|st\.global|atom\.global|red\.global)[\w.]*?\.((?:v\d\.)?[bfsu]\d+)\b", ptx))
         mem = " ".join(f"{op.split('.')[0]}.{w}:{n}" for (op, w), n in sorted(mem.items()))
-        print(f"{name:34s} {fn.__name__:22s} warps {options.get('num_warps', 4)} regs {r['REG']:3d} "
+        print(f"{name:34s} {fn.__name__:22s} {seconds:5.1f} s  warps {options.get('num_warps', 4)} regs {r['REG']:3d} "
               f"stack {r['STACK']:4d} shared {r['SHARED']:6d}  {mem}")
 
 
 def main():
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # time the compile, not a cache hit
     print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
     anchors = [(2, 256, 128, 128, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
                (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
