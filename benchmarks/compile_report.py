@@ -1,6 +1,6 @@
 """What the compiler makes of each kernel for an H100 (sm_90), on any machine, GPU or not.
 
-    python benchmarks/compile_report.py        # without TRITON_INTERPRET
+    python benchmarks/compile_report.py [--layouts]      # without TRITON_INTERPRET
 
 The launchers run as usual on CPU tensors of the benchmark anchors' shapes until the launch,
 which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
@@ -9,7 +9,9 @@ marked so, except the launcher's do_not_specialize ints), then triton.compile bu
 for sm_90 with the ptxas that Triton ships, with Triton's cache off. Per kernel it prints the
 compile's wall time (on this machine's CPU: what a first call on a new family costs), registers a thread, stack
 (spills), shared memory, and the PTX's global loads and stores by width (b32 = 4 bytes a lane,
-v2/v4 = 8/16) and atomics. For forward v6 with
+v2/v4 = 8/16) and atomics; with --layouts also each global load's tile and how the compiler spread
+it over lanes (threadsPerWarp, in the order of the tile's axes: a load whose lanes run along an
+axis that is not contiguous in memory costs a 32-byte sector per element). For forward v6 with
 triton 3.6 this gives the 122 registers ncu measured on the H100.
 """
 import collections
@@ -67,7 +69,20 @@ def resources(cubin):
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
 
 
-def report(name, launch):
+def load_layouts(ttgir):
+    """One line per global load: the variable, its tile and the layout the compiler gave it."""
+    layouts = dict(re.findall(r"^(#\w+) = #ttg\.\w+<\{(.*)\}>$", ttgir, re.M))
+    lines = []
+    for var, shape, layout in re.findall(r"%(\w+?)(?:_\d+)? = tt\.load .*?: tensor<([\dx]+)x!tt\.ptr<\w+>, (#[^>]*>?)>", ttgir):
+        parent = re.search(r"dim = (\d+), parent = (#\w+)", layout)
+        where = f"axis {parent.group(1)} dropped from {layouts[parent.group(2)]}" if parent else layouts.get(layout, layout)
+        for long, short in (("sizePerThread", "per thread"), ("threadsPerWarp", "lanes"), ("warpsPerCTA", "warps")):
+            where = where.replace(long + " =", short)
+        lines.append(f"    load {var:10s} [{shape}]  {where}")
+    return lines
+
+
+def report(name, launch, layouts=False):
     """Run `launch` with every kernel launch caught; print one line per compiled kernel."""
     caught = []
     for fn in KERNELS:
@@ -88,12 +103,15 @@ def report(name, launch):
         mem = " ".join(f"{op.split('.')[0]}.{w}:{n}" for (op, w), n in sorted(mem.items()))
         print(f"{name:34s} {fn.__name__:22s} {seconds:5.1f} s  warps {options.get('num_warps', 4)} regs {r['REG']:3d} "
               f"stack {r['STACK']:4d} shared {r['SHARED']:6d}  {mem}")
+        if layouts:
+            print("\n".join(load_layouts(k.asm["ttgir"])))
 
 
 def main():
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # time the compile, not a cache hit
+    layouts = "--layouts" in sys.argv[1:]
     print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
     anchors = [(2, 256, 128, 128, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
                (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
@@ -105,10 +123,10 @@ def main():
         masks = torch.rand(n, g * k * k, s * h, s * w, dtype=dt)
         dy = torch.randn(n, c, s * h, s * w, dtype=dt)
         shape = f"N{n} C{c} {h}x{w} s{s} k{k} {str(dt)[6:]}"
-        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s))
-        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s))
-        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s))
-        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s))
+        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s), layouts)
+        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s), layouts)
+        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s), layouts)
+        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s), layouts)
 
 
 if __name__ == "__main__":
