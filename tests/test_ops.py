@@ -195,25 +195,36 @@ def good_dlu(device="cpu"):
     return dict(features=f, kernel_logits=l, offsets=o, kernel_size=3, group_size=2, scale_factor=2)
 
 
+# The integer arguments, checked alike for both ops (ops._check_common).
+BAD_SCALARS = [
+    (dict(kernel_size=4), ValueError, "kernel_size must be odd"),
+    (dict(kernel_size=-1), ValueError, "kernel_size must be >= 1"),
+    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
+    (dict(kernel_size=3.0), TypeError, "kernel_size must be an int"),
+    (dict(group_size=3), ValueError, "divisible by group_size"),
+    (dict(group_size=0), ValueError, "group_size must be >= 1"),
+    (dict(scale_factor=0), ValueError, "scale_factor must be >= 1"),
+    (dict(scale_factor=2.0), TypeError, "scale_factor must be an int"),
+    (dict(scale_factor=1.5), TypeError, "scale_factor must be an int"),
+    (dict(scale_factor=True), TypeError, "scale_factor must be an int"),
+]
+
+
+def case_id(v):
+    return str(v)[:40] if isinstance(v, str) else None
+
+
 BAD_DLU = [
     (dict(features=torch.randn(8, 4, 5)), ValueError, "features must be 4-D"),
     (dict(kernel_logits=torch.randn(2, 17, 4, 5, dtype=torch.float64)), ValueError, "kernel_logits must have shape"),
     (dict(offsets=torch.randn(2, 8, 4, 5, dtype=torch.float64)), ValueError, "offsets must have shape"),
     (dict(offsets=torch.randn(2, 16, 4, 6, dtype=torch.float64)), ValueError, "offsets must have shape"),
     (dict(kernel_logits=torch.randn(3, 18, 4, 5, dtype=torch.float64)), ValueError, "batch size"),
-    (dict(kernel_size=4), ValueError, "kernel_size must be odd"),
-    (dict(kernel_size=-1), ValueError, "kernel_size must be >= 1"),
-    (dict(kernel_size=3.0), TypeError, "kernel_size must be an int"),
-    (dict(group_size=3), ValueError, "divisible by group_size"),
-    (dict(group_size=0), ValueError, "group_size must be >= 1"),
-    (dict(scale_factor=0), ValueError, "scale_factor must be >= 1"),
-    (dict(scale_factor=2.0), TypeError, "scale_factor must be an int"),
-    (dict(scale_factor=True), TypeError, "scale_factor must be an int"),
     (dict(kernel_logits=torch.randn(2, 18, 4, 5, dtype=torch.float32)), TypeError, "kernel_logits has dtype"),
     (dict(features=torch.randint(0, 9, (2, 8, 4, 5))), TypeError, "features must be float16"),
     (dict(offsets="x"), TypeError, "offsets must be a torch.Tensor"),
     (dict(features=torch.randn(2, 8, 0, 5, dtype=torch.float64)), ValueError, "C, H, W >= 1"),
-]
+] + BAD_SCALARS
 
 
 def assert_rejected(op, args, error, message):
@@ -227,7 +238,7 @@ def assert_rejected(op, args, error, message):
             getattr(torch.ops.dlu_triton, op)(*values)
 
 
-@pytest.mark.parametrize("change,error,message", BAD_DLU, ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
+@pytest.mark.parametrize("change,error,message", BAD_DLU, ids=case_id)
 def test_dlu_rejects_bad_input(change, error, message):
     assert_rejected("dlu_upsample", {**good_dlu(), **change}, error, message)
 
@@ -244,23 +255,15 @@ BAD_CARAFE = [
     (dict(masks=torch.randn(2, 18, 4, 5, dtype=torch.float64)), ValueError, "masks must have shape"),
     (dict(masks=torch.randn(2, 18, 8, 11, dtype=torch.float64)), ValueError, "masks must have shape"),
     (dict(masks=torch.randn(3, 18, 8, 10, dtype=torch.float64)), ValueError, "batch size"),
-    (dict(kernel_size=4), ValueError, "kernel_size must be odd"),
-    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
-    (dict(kernel_size=3.0), TypeError, "kernel_size must be an int"),
-    (dict(group_size=3), ValueError, "divisible by group_size"),
-    (dict(group_size=0), ValueError, "group_size must be >= 1"),
-    (dict(scale_factor=0), ValueError, "scale_factor must be >= 1"),
-    (dict(scale_factor=1.5), TypeError, "scale_factor must be an int"),
-    (dict(scale_factor=True), TypeError, "scale_factor must be an int"),
     (dict(masks=torch.randn(2, 18, 8, 10, dtype=torch.float16)), TypeError, "masks has dtype"),
     (dict(features=torch.randint(0, 9, (2, 8, 4, 5))), TypeError, "features must be float16"),
     (dict(masks=[[1.0]]), TypeError, "masks must be a torch.Tensor"),
     (dict(features=torch.randn(2, 8, 4, 0, dtype=torch.float64), masks=torch.randn(2, 18, 8, 0, dtype=torch.float64)),
      ValueError, "C, H, W >= 1"),
-]
+] + BAD_SCALARS
 
 
-@pytest.mark.parametrize("change,error,message", BAD_CARAFE, ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
+@pytest.mark.parametrize("change,error,message", BAD_CARAFE, ids=case_id)
 def test_carafe_rejects_bad_input(change, error, message):
     assert_rejected("carafe", {**good_carafe(), **change}, error, message)
 
