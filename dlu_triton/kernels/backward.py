@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .common import (
     FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, corner_softmax, grad_blocks, index_dtype, new_output,
-    sampling_point, taps_padded,
+    sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -88,15 +88,7 @@ def _mask_grad_kernel(
     n = (row // (H * S)).to(IDX)
     ix0 = ((tl.program_id(0) % n_pblocks) * BLOCK_P).to(IDX)
     g = tl.program_id(1)
-    # column m of the tile: source pixel ix0 + m // SXP, sub-pixel column m % SXP
-    m = tl.arange(0, M)
-    sx = m % SXP
-    ix = ix0 + m // SXP
-    q_ok = (ix < W) & (sx < S)
-    if SXP == S:
-        ox = ix0 * S + m
-    else:
-        ox = ix * S + sx
+    ix, sx, ox, q_ok = subpixel_columns(ix0, W, S, SXP, M)
     iy = oy // S
     j = tl.arange(0, KKP)
     j_ok = j < KK
@@ -205,12 +197,9 @@ def _feature_grad_kernel(
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
     c_ok = cg < CPG
-    # column m of the tile: input pixel ix0 + m // SXP, sub-pixel column m % SXP of the output
-    # pixels that read it; the sub-pixel columns are summed at the end
-    m = tl.arange(0, M)
-    sx = m % SXP
-    p = ix0 + m // SXP
-    p_ok = (p < W) & (sx < S)
+    # column m of the tile: input pixel p, sub-pixel column m % SXP of the output pixels that
+    # read it; the sub-pixel columns are summed at the end
+    p, _, _, p_ok = subpixel_columns(ix0, W, S, SXP, M)
 
     acc = tl.zeros((BLOCK_C, M), dtype=ACC)
     gy_base = gy_ptr + n * sgn + (c * sgc)[:, None]
@@ -221,12 +210,9 @@ def _feature_grad_kernel(
         for sy in range(S):
             oy = qy * S + sy
             for kx in range(KS):
-                qx = p - (kx - R)
-                if SXP == S:
-                    ox = (ix0 - (kx - R)) * S + m
-                else:
-                    ox = qx * S + sx
-                q_ok = tl.where((qy >= 0) & (qy < H), p_ok & (qx >= 0) & (qx < W), False)
+                # (names not bound before the loop: the compiler would carry them through it)
+                qx, qsx, ox, qx_ok = subpixel_columns(ix0 - (kx - R), W, S, SXP, M)
+                q_ok = tl.where((qy >= 0) & (qy < H), p_ok & (qx >= 0) & qx_ok, False)
                 kj = tl.load(k_base + (ky * KS + kx) * skc + oy * sky + ox * skx, mask=q_ok, other=0.0)
                 dy = tl.load(gy_base + (oy * sgy + ox * sgx)[None, :], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
                 acc += dy.to(ACC) * kj.to(ACC)[None, :]

@@ -37,6 +37,22 @@ def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr
     return y0, y1, x0, x1, py - y0f, px - x0f, in_y, in_x
 
 
+@triton.jit
+def subpixel_columns(ix0, W, S: tl.constexpr, SXP: tl.constexpr, M: tl.constexpr):
+    """A tile's M = BLOCK_P * SXP output columns from source pixel ix0 on: each column's source
+    pixel, sub-pixel column, output column and whether it exists. With s a power of two the
+    output columns are written ix0*s + m, which the compiler sees as one contiguous run (from
+    ix*s + sx it could not tell), so loads and stores along them are whole sectors, vectorised."""
+    m = tl.arange(0, M)
+    sx = m % SXP
+    ix = ix0 + m // SXP
+    if SXP == S:
+        ox = ix0 * S + m
+    else:
+        ox = ix * S + sx
+    return ix, sx, ox, (ix < W) & (sx < S)
+
+
 LOG2E = tl.constexpr(1.4426950408889634)
 
 

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LOG2E, acc_dtype, corner_lse, forward_blocks, index_dtype, new_output, sampling_point, taps_padded,
+    LOG2E, acc_dtype, corner_lse, forward_blocks, index_dtype, new_output, sampling_point, subpixel_columns,
+    taps_padded,
 )
 
 
@@ -112,15 +113,10 @@ def _reassemble_kernel(
         f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
         acc += f.to(ACC)[:, None, :, None] * kj[None, :, :, :]
 
-    # (pixel, sub-pixel column) flattened: output columns ix0*s + m, consecutive when SXP == S
+    # (pixel, sub-pixel column) flattened into the output row's columns
     M: tl.constexpr = BLOCK_P * SXP
     res = tl.reshape(acc, (BLOCK_C, BLOCK_SY, M)).to(out_ptr.dtype.element_ty)
-    m = tl.arange(0, M)
-    if SXP == S:
-        ox = ix0 * S + m
-    else:
-        ox = (ix0 + m // SXP) * S + m % SXP
-    m_ok = (ix0 + m // SXP < W) & (m % SXP < S)
+    _, _, ox, m_ok = subpixel_columns(ix0, W, S, SXP, M)
     out = out_ptr + n * sun + c[:, None, None] * suc + (oy * suy)[None, :, None] + (ox * sux)[None, None, :]
     tl.store(out, res, mask=c_ok[:, None, None] & sy_ok[None, :, None] & m_ok[None, None, :])
 
