@@ -19,9 +19,7 @@ for step in "$@"; do
     compare)
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
     sweep)
-      timeout 300 python3 benchmarks/sweep_blocks.py forward 2>&1 | tee "$OUT/sweep.md" ;;
-    sweep-mask-grad)
-      timeout 300 python3 benchmarks/sweep_blocks.py mask_grad 2>&1 | tee "$OUT/sweep-mask-grad.md" ;;
+      timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
       # 6 tests (2 ops x 3 dtypes) x 4 seeds x 45 examples = 1080 random cases. One float16 DLU
       # example can take 8 s (a new shape compiles new kernels), so the seeds run side by side.

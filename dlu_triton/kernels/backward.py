@@ -36,7 +36,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    acc_dtype, corner_softmax, dot_precision, grad_blocks, index_dtype, mask_grad_blocks, new_output, sampling_point, subpixel_columns, taps_padded,
+    FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, corner_softmax, grad_blocks, index_dtype, new_output,
+    sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -74,9 +75,7 @@ def _mask_grad_kernel(
     FROM_LOGITS: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
     ATOMIC: tl.constexpr,  # DLU: 1 adds the logits' gradient with atomics, 0 stores corner shares
     BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
-    BLOCK_C: tl.constexpr,  # channels per step of the channel loop (at least 16, for tl.dot)
-    WIN: tl.constexpr,  # window of a tap row: BLOCK_P + k - 1 pixels, padded to a power of two
-    DOT_PRECISION: tl.constexpr,  # tl.dot's input_precision for float32 operands (dot_precision())
+    BLOCK_C: tl.constexpr,  # channels per step of the channel loop
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -95,30 +94,29 @@ def _mask_grad_kernel(
     j_ok = j < KK
     cb = tl.arange(0, BLOCK_C)
 
-    # For each block of channels and each tap row, one matrix product of the dy tile's columns
-    # with the features of a window of WIN consecutive pixels of that row,
-    #     band[m, w] = sum_c dy[c, m] x[c, ty, ix0 - R + w],
-    # holds every tap column of that row: tap (ky, kx) of column m is band[m, p(m) + kx], p(m)
-    # the column's pixel in the tile. dy is read once, each feature row once per tap row.
-    w = tl.arange(0, WIN)
-    wx = ix0 - R + w
-    wx_ok = (wx >= 0) & (wx < W)
-    tap_at = ((tl.arange(0, M) // SXP)[:, None] + (j % KS)[None, :]).to(tl.int32)  # [M, KKP] into band
+    # The channel loop reads dy as [BLOCK_C, columns] runs of the output row, and each tap's
+    # features as [BLOCK_C, BLOCK_P] rows of consecutive pixels, repeated over the s sub-pixel
+    # columns in registers. (Loaded directly as [BLOCK_C, columns], each pixel s times, the
+    # features' addresses look contiguous nowhere and the compiler put the lanes along channels:
+    # a 32-byte sector per element.)
+    pix = ix0 + tl.arange(0, BLOCK_P)
     gy_at = gy_ptr + n * sgn + oy * sgy + ox * sgx  # [M]
-    x_at = x_ptr + n * sxn + wx * sxx  # [WIN]
     dk = tl.zeros((M, KKP), dtype=ACC)
-    for c0 in range(0, CPG, BLOCK_C):
-        c_ok = c0 + cb < CPG
-        c = (g * CPG + c0 + cb).to(IDX)
-        dyc = tl.load(gy_at[None, :] + (c * sgc)[:, None], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
-        dyt = tl.trans(dyc)
-        for ky in range(KS):
-            ty = iy + (ky - R)
-            # where(), not &: the interpreter mistypes a tensor & a scalar bool
-            t_ok = tl.where((ty >= 0) & (ty < H), wx_ok, False)
-            xw = tl.load(x_at[None, :] + (c * sxc)[:, None] + ty * sxy, mask=c_ok[:, None] & t_ok[None, :], other=0.0)
-            band = tl.dot(dyt.to(ACC), xw.to(ACC), input_precision=DOT_PRECISION)
-            dk += tl.where((j // KS)[None, :] == ky, tl.gather(band, tap_at, axis=1), 0.0)
+    x_base = x_ptr + n * sxn
+    for jt in range(KK):
+        ty = iy + (jt // KS - R)
+        tx = pix + (jt % KS - R)
+        # where(), not &: the interpreter mistypes a tensor & a scalar bool
+        t_ok = tl.where((ty >= 0) & (ty < H), (pix < W) & (tx >= 0) & (tx < W), False)
+        part = tl.zeros((BLOCK_C, M), dtype=ACC)
+        for c0 in range(0, CPG, BLOCK_C):
+            c_ok = c0 + cb < CPG
+            c = (g * CPG + c0 + cb).to(IDX)
+            dyc = tl.load(gy_at[None, :] + (c * sgc)[:, None], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
+            xc = tl.load(x_base + (c * sxc)[:, None] + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
+            xc = tl.reshape(tl.broadcast_to(xc[:, :, None], (BLOCK_C, BLOCK_P, SXP)), (BLOCK_C, M))
+            part += dyc.to(ACC) * xc.to(ACC)
+        dk = tl.where(j[None, :] == jt, tl.sum(part, axis=0)[:, None], dk)
 
     qj_ok = q_ok[:, None] & j_ok[None, :]
     k_out = k_ptr + n * skn + (oy * sky + ox * skx)[:, None] + ((g * KK + j) * skc)[None, :]
@@ -233,7 +231,7 @@ def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor,
     logits, offsets, dlogits, doffsets, shares, rows = dlu or (k_out,) * 6
     atomic = shares is None
     shares, rows = (dlogits, dlogits) if atomic else (shares, rows)  # the atomic kernel never reads them
-    block_c, block_p, warps = mask_grad_blocks(c // group_size, w, s)
+    block_c, block_p = grad_blocks(c // group_size, w, s, MASK_GRAD_COLUMNS)
     grid = (n * s * h * triton.cdiv(w, block_p), group_size)
     tensors = (grad_out, features, logits, offsets, k_out, dlogits, doffsets)
     _mask_grad_kernel[grid](
@@ -241,9 +239,8 @@ def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor,
         h, w, c // group_size,
         S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
         FROM_LOGITS=int(dlu is not None), ATOMIC=int(atomic), BLOCK_P=block_p, BLOCK_C=block_c,
-        WIN=triton.next_power_of_2(block_p + kernel_size - 1), DOT_PRECISION=dot_precision(features),
         ACC=acc_dtype(features), IDX=index_dtype(*tensors, shares),
-        num_warps=warps,
+        num_warps=4,
     )
 
 
@@ -251,7 +248,7 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
     s = scale_factor
-    block_c, block_p = grad_blocks(cpg, w, s)
+    block_c, block_p = grad_blocks(cpg, w, s, FEATURE_GRAD_COLUMNS)
     grid = (n * h * triton.cdiv(w, block_p), group_size * triton.cdiv(cpg, block_c))
     _feature_grad_kernel[grid](
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),

@@ -100,13 +100,6 @@ def acc_dtype(t):
     return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
-def dot_precision(t):
-    """tl.dot's precision for float32 operands holding `t`'s values (fp64 ignores it). A float16 or
-    bfloat16 value is exact in tf32 (10 mantissa bits), so one tf32 product is exact; float32
-    takes tf32x3 (three tf32 products, float32's accuracy on the tensor cores)."""
-    return "tf32x3" if t.dtype == torch.float32 else "tf32"
-
-
 def index_dtype(*tensors):
     """int64 addressing only when some element lies past int32's reach."""
     far = max(sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) for t in tensors if t.numel())
@@ -135,26 +128,20 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     return block_c, block_p, block_sy, 4
 
 
-# Output columns a features-gradient program covers (source pixels x s sub-pixel columns): it
-# keeps [BLOCK_C, columns] accumulators and reads every dy row it needs in runs of this length.
+# Output columns a backward program covers (source pixels x s sub-pixel columns). The mask
+# gradient re-reads its dy strip [C/G, columns] for each of the k*k taps, so it is kept small
+# enough to stay in L1 (32 KB at 256 channels); the features gradient keeps [BLOCK_C, columns]
+# accumulators and reads every dy row it needs in runs of this length.
+MASK_GRAD_COLUMNS = 32
 FEATURE_GRAD_COLUMNS = 64
 
 
-def grad_blocks(channels_per_group, row_length, scale_factor, columns=FEATURE_GRAD_COLUMNS):
-    """The features gradient's tiles: (BLOCK_C, BLOCK_P), a program's [BLOCK_C channels, BLOCK_P
-    source pixels x s sub-pixel columns] (s padded to a power of two): about `columns` output
-    columns, at least one pixel, up to 64 channels and 4096 fp32 accumulators (32 registers a
-    thread at 4 warps)."""
+def grad_blocks(channels_per_group, row_length, scale_factor, columns):
+    """The backward's tiles: (BLOCK_C, BLOCK_P), a program's [BLOCK_C channels, BLOCK_P source
+    pixels x s sub-pixel columns] (s padded to a power of two): about `columns` output columns,
+    at least one pixel, up to 64 channels and 4096 fp32 accumulators (32 registers a thread at
+    4 warps)."""
     sxp = triton.next_power_of_2(scale_factor)
     block_p = max(1, min(columns // sxp, triton.next_power_of_2(row_length)))
     block_c = min(triton.next_power_of_2(channels_per_group), 64, max(1, 4096 // (block_p * sxp)))
     return block_c, block_p
-
-
-def mask_grad_blocks(channels_per_group, row_length, scale_factor):
-    """The mask gradient's tiles: (BLOCK_C, BLOCK_P, num_warps). A program takes BLOCK_P source
-    pixels x s sub-pixel columns of one output row (32 columns) and steps through its group's
-    channels BLOCK_C at a time, each step one tl.dot per tap row, whose reduction dimension
-    (the channels) must be at least 16."""
-    block_c, block_p = grad_blocks(channels_per_group, row_length, scale_factor, 32)
-    return max(block_c, 16), block_p, 4

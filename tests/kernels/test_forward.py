@@ -69,11 +69,9 @@ def test_tiles_fit():
         for row in (1, 17, 64, 1000):
             for s in (1, 2, 3, 4, 8, 16, 64, 1000):
                 sxp = triton.next_power_of_2(s)
-                block_c, block_p = common.grad_blocks(cpg, row, s)
-                assert block_c * block_p * sxp <= max(4096, sxp) and 1 <= block_p <= triton.next_power_of_2(row)
-                block_c, block_p, warps = common.mask_grad_blocks(cpg, row, s)
-                assert block_c * block_p * sxp <= max(4096, 16 * sxp) and 1 <= block_p <= triton.next_power_of_2(row)
-                assert 16 <= block_c and warps in (4, 8)
+                for columns in (common.MASK_GRAD_COLUMNS, common.FEATURE_GRAD_COLUMNS):
+                    block_c, block_p = common.grad_blocks(cpg, row, s, columns)
+                    assert block_c * block_p * sxp <= max(4096, sxp) and 1 <= block_p <= triton.next_power_of_2(row)
                 block_c, block_p, block_sy, warps = common.forward_blocks(cpg, row, s)
                 assert block_c * block_p * block_sy * sxp <= 8192 and block_sy <= sxp
                 assert block_p <= triton.next_power_of_2(row) and warps in (4, 8)
