@@ -4,8 +4,9 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
 
 1. Mask gradient, a channel reduction per output pixel (no scatter):
        dK[g, j, o] = sum_{c in g} dy[c, o] * x[c, q(o) + d_j]
-   CARAFE stores it as the masks' gradient. DLU continues in registers: with corner softmaxes P_c
-   and bilinear weights w_c, K = sum_c w_c P_c, so
+   CARAFE stores it as the masks' gradient. DLU continues in registers: with the kernel space's
+   probabilities P_c at the corners (the softmax, computed once per low-resolution pixel before
+   the launch, as in the forward) and bilinear weights w_c, K = sum_c w_c P_c, so
        d px = [0 < px < W-1] * sum_j dK_j ((1-fy)(P01 - P00) + fy(P11 - P10))_j     (dy likewise)
        d logits[., corner c] += w_c * P_c * (dK - <P_c, dK>)                         (softmax backward)
    The offsets' gradient belongs to one output pixel and is stored directly; the logits' gradient
@@ -36,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .common import (
-    FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, corner_softmax, grad_blocks, index_dtype, new_output,
+    FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, corner_probs, grad_blocks, index_dtype, kernel_space, new_output,
     sampling_point, subpixel_columns, taps_padded,
 )
 
@@ -57,12 +58,12 @@ def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, live, A
 
 @triton.jit(do_not_specialize=["H", "W", "CPG"])
 def _mask_grad_kernel(
-    gy_ptr, x_ptr, l_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dy; features; logits; offsets;
+    gy_ptr, x_ptr, p_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dy; features; kernel space; offsets;
     # K out (DLU) or mask gradient out (CARAFE); logits-gradient accumulator; offsets gradient
     share_ptr, row_ptr,  # deterministic DLU: corner shares [N, G, sH, sW, 4, k*k], their rows [.., 4]
     sgn, sgc, sgy, sgx,  # dy strides
     sxn, sxc, sxy, sxx,  # features strides
-    sln, slc, sly, slx,  # logits strides
+    spn, spc, spy, spx,  # kernel-space strides
     son, soc, soy, sox,  # offsets strides
     skn, skc, sky, skx,  # K / mask-gradient strides
     sdn, sdc, sdy, sdx,  # logits-gradient accumulator strides
@@ -72,7 +73,7 @@ def _mask_grad_kernel(
     SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
-    FROM_LOGITS: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
+    SAMPLED: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
     ATOMIC: tl.constexpr,  # DLU: 1 adds the logits' gradient with atomics, 0 stores corner shares
     BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
     BLOCK_C: tl.constexpr,  # channels per step of the channel loop
@@ -120,15 +121,15 @@ def _mask_grad_kernel(
 
     qj_ok = q_ok[:, None] & j_ok[None, :]
     k_out = k_ptr + n * skn + (oy * sky + ox * skx)[:, None] + ((g * KK + j) * skc)[None, :]
-    if FROM_LOGITS:
+    if SAMPLED:
         sub = (oy % S) * S + sx
         y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(
             off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
-        l_base = l_ptr + n * sln
-        p00 = corner_softmax(l_base, y0.to(IDX) * sly + x0.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
-        p01 = corner_softmax(l_base, y0.to(IDX) * sly + x1.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
-        p10 = corner_softmax(l_base, y1.to(IDX) * sly + x0.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
-        p11 = corner_softmax(l_base, y1.to(IDX) * sly + x1.to(IDX) * slx, g, q_ok, slc, KK, KKP, ACC)
+        p_base = p_ptr + n * spn
+        p00 = corner_probs(p_base, y0.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+        p01 = corner_probs(p_base, y0.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+        p10 = corner_probs(p_base, y1.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+        p11 = corner_probs(p_base, y1.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
         w00 = (1.0 - fy) * (1.0 - fx)
         w01 = (1.0 - fy) * fx
         w10 = fy * (1.0 - fx)
@@ -224,21 +225,21 @@ def _feature_grad_kernel(
 
 
 def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor, dlu=None):
-    """CARAFE: k_out receives the masks' gradient. DLU: dlu = (logits, offsets, dlogits, doffsets,
-    shares, rows), k_out receives K, and shares = None means the atomic logits gradient."""
+    """CARAFE: k_out receives the masks' gradient. DLU: dlu = (kernel space, offsets, dlogits,
+    doffsets, shares, rows), k_out receives K, and shares = None means the atomic logits gradient."""
     n, c, h, w = features.shape
     s = scale_factor
-    logits, offsets, dlogits, doffsets, shares, rows = dlu or (k_out,) * 6
+    space, offsets, dlogits, doffsets, shares, rows = dlu or (k_out,) * 6
     atomic = shares is None
     shares, rows = (dlogits, dlogits) if atomic else (shares, rows)  # the atomic kernel never reads them
     block_c, block_p = grad_blocks(c // group_size, w, s, MASK_GRAD_COLUMNS)
     grid = (n * s * h * triton.cdiv(w, block_p), group_size)
-    tensors = (grad_out, features, logits, offsets, k_out, dlogits, doffsets)
+    tensors = (grad_out, features, space, offsets, k_out, dlogits, doffsets)
     _mask_grad_kernel[grid](
         *tensors, shares, rows, *(st for t in tensors for st in t.stride()),
         h, w, c // group_size,
         S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
-        FROM_LOGITS=int(dlu is not None), ATOMIC=int(atomic), BLOCK_P=block_p, BLOCK_C=block_c,
+        SAMPLED=int(dlu is not None), ATOMIC=int(atomic), BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(*tensors, shares),
         num_warps=4,
     )
@@ -269,13 +270,14 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
     doffsets = new_output(offsets, offsets.shape)
     if features.numel() == 0:
         return dfeatures, new_output(kernel_logits, kernel_logits.shape), doffsets
+    space = kernel_space(kernel_logits, g, kernel_size)
     masks = new_output(features, (n, g * kk, s * h, s * w), dtype=acc)
     dlogits = torch.zeros(kernel_logits.shape, dtype=acc, device=features.device)
     shares = rows = None
     if deterministic:
         shares = new_output(dlogits, (n, g, s * h, s * w, 4, kk))
         rows = new_output(dlogits, (n, g, s * h, s * w, 4), dtype=torch.int64)
-    _mask_grad(grad_out, features, masks, kernel_size, g, s, (kernel_logits, offsets, dlogits, doffsets, shares, rows))
+    _mask_grad(grad_out, features, masks, kernel_size, g, s, (space, offsets, dlogits, doffsets, shares, rows))
     _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
     if deterministic:
         summed = torch.zeros(n * g * h * w, kk, dtype=acc, device=features.device)
@@ -283,7 +285,6 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
         dlogits = summed.view(n, g, h, w, kk).permute(0, 1, 4, 2, 3).reshape(dlogits.shape)
     # The softmax backward is dense in the reference: a group whose kernel space is NaN (a NaN or
     # +inf logit, or all -inf) has a NaN gradient even where no output samples it.
-    space = torch.softmax(kernel_logits.view(n, g, kk, h, w), 2, dtype=acc)
     dlogits = dlogits.masked_fill(space.isnan().reshape(dlogits.shape), float("nan"))
     dlogits_out = new_output(kernel_logits, kernel_logits.shape)
     dlogits_out.copy_(dlogits)

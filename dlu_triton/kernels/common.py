@@ -53,33 +53,23 @@ def subpixel_columns(ix0, W, S: tl.constexpr, SXP: tl.constexpr, M: tl.constexpr
     return ix, sx, ox, (ix < W) & (sx < S)
 
 
-LOG2E = tl.constexpr(1.4426950408889634)
+def kernel_space(logits, group_size, kernel_size):
+    """DLU's kernel space, the softmax of each low-resolution pixel's k*k logits per group, in the
+    accumulator's dtype: [N, G*k*k, H, W]. One small launch, so the kernels load a probability at
+    each sampled corner instead of recomputing a softmax there for every output pixel and tap."""
+    n, _, h, w = logits.shape
+    kk = kernel_size * kernel_size
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return torch.softmax(logits.reshape(n, group_size, kk, h, w), 2, dtype=dtype).reshape(n, group_size * kk, h, w)
 
 
 @triton.jit
-def corner_logits(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """The k*k logits of group g at each point's corner, [*points, KKP]; padding is -inf."""
+def corner_probs(p_base, corner, g, ok, spc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
+    """The kernel space's k*k probabilities of group g at each point's corner, [*points, KKP]
+    (zero on padding taps)."""
     j = tl.arange(0, KKP)
-    j_ok = j < KK
-    v = tl.load(l_base + tl.expand_dims(corner, -1) + (g * KK + j) * slc, mask=tl.expand_dims(ok, -1) & j_ok, other=0.0)
-    return tl.where(j_ok, v.to(ACC), float("-inf"))
-
-
-@triton.jit
-def corner_lse(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """Log-sum-exp of a corner's logits, [*points]: exp(l - lse) is the softmax. The maximum is
-    subtracted before scaling by log2(e), so logits near the dtype's maximum cannot overflow."""
-    v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
-    m = tl.max(v, axis=-1)
-    return m + tl.log2(tl.sum(tl.exp2((v - tl.expand_dims(m, -1)) * LOG2E), axis=-1)) / LOG2E
-
-
-@triton.jit
-def corner_softmax(l_base, corner, g, ok, slc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """Softmax over a corner's logits, [*points, KKP] (zero on padding taps)."""
-    v = corner_logits(l_base, corner, g, ok, slc, KK, KKP, ACC)
-    e = tl.exp2((v - tl.expand_dims(tl.max(v, axis=-1), -1)) * LOG2E)
-    return e / tl.expand_dims(tl.sum(e, axis=-1), -1)
+    v = tl.load(p_base + tl.expand_dims(corner, -1) + (g * KK + j) * spc, mask=tl.expand_dims(ok, -1) & (j < KK), other=0.0)
+    return v.to(ACC)
 
 
 def output_format(like):

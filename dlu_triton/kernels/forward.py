@@ -1,5 +1,5 @@
-"""Fused reassembly forward, one launch: DLU (kernels sampled from low-resolution logits) and
-CARAFE (kernels read from a high-resolution mask) share it.
+"""Fused reassembly forward: DLU (kernels sampled from the low-resolution kernel space) and CARAFE
+(kernels read from a high-resolution mask) share one kernel.
 
 Maths. Output pixel o = (oy, ox) has source pixel q = (oy // s, ox // s) and sub-pixel
 t = (oy % s, ox % s); channel c belongs to group g = c // (C / G). With taps
@@ -7,11 +7,13 @@ d_j = (j // k - k//2, j % k - k//2), j in [0, k*k):
 
     out[c, o] = sum_j K[g, j, o] * x[c, q + d_j]          (x = 0 outside the image)
 
-CARAFE loads K from `masks`. DLU builds it in registers (common.py has the sampling):
+CARAFE loads K from `masks`. DLU first takes the kernel space P = softmax over each low-resolution
+pixel's k*k logits (one small launch, G*k*k*H*W values), then builds K in registers (common.py has
+the sampling):
 
-    K[g, j, o] = sum_corners w_c * exp(logits[g*k*k + j, c] - lse_c),   lse_c = logsumexp_j logits[., c]
+    K[g, j, o] = sum_corners w_c * P[g*k*k + j, c]
 
-so neither the softmaxed kernel space nor the high-resolution mask ever reaches global memory.
+so the high-resolution mask never reaches global memory.
 
 Program: image n, source row iy, BLOCK_P consecutive source pixels ix of that row, BLOCK_SY
 sub-pixel rows and all s sub-pixel columns, BLOCK_C channels of one group: an output tile
@@ -20,32 +22,30 @@ sub-pixel rows and all s sub-pixel columns, BLOCK_C channels of one group: an ou
 [BLOCK_SY, BLOCK_P, s] are shared by the BLOCK_C channels. The store flattens (pixel, sub-pixel
 column) into one run of BLOCK_P*s consecutive output columns, so the compiler sees contiguous
 rows and writes whole sectors (with s a runtime value it wrote 4 bytes per 32-byte sector, and
-L2 throughput, not DRAM, bounded the kernel: docs/performance.md). For DLU each point first
-takes the log-sum-exp of its 4 corners' logits; a tap then costs 4 gathers and 4 exp2 per point.
+L2 throughput, not DRAM, bounded the kernel: docs/performance.md). For DLU a tap costs 4 gathers
+and 4 multiply-adds per point.
 Accumulation is in fp32 (fp64 for fp64 inputs); the store casts to the output dtype.
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    LOG2E, acc_dtype, corner_lse, forward_blocks, index_dtype, new_output, sampling_point, subpixel_columns,
-    taps_padded,
+    acc_dtype, forward_blocks, index_dtype, kernel_space, new_output, sampling_point, subpixel_columns,
 )
 
 
 @triton.jit(do_not_specialize=["H", "W", "CPG"])
 def _reassemble_kernel(
-    x_ptr, k_ptr, off_ptr, out_ptr,  # features; logits (DLU) or masks (CARAFE); offsets (DLU); output
+    x_ptr, k_ptr, off_ptr, out_ptr,  # features; kernel space (DLU) or masks (CARAFE); offsets (DLU); output
     sxn, sxc, sxy, sxx,  # features strides
-    skn, skc, sky, skx,  # logits / masks strides
+    skn, skc, sky, skx,  # kernel space / masks strides
     son, soc, soy, sox,  # offsets strides
     sun, suc, suy, sux,  # output strides
     H, W, CPG,  # low-resolution size, channels per group
     S: tl.constexpr,  # scale factor (constexpr: output columns ix*s + sx must look contiguous)
     SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
-    KKP: tl.constexpr,  # k*k rounded up to a power of two
-    FROM_LOGITS: tl.constexpr,  # 1: DLU, sample K from logits and offsets; 0: CARAFE, load K
+    SAMPLED: tl.constexpr,  # 1: DLU, sample K from the kernel space at the offsets; 0: CARAFE, load K
     BLOCK_P: tl.constexpr,  # source pixels (of one row) per program
     BLOCK_SY: tl.constexpr,  # sub-pixel rows per program
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
@@ -76,7 +76,7 @@ def _reassemble_kernel(
     ix3 = ix[None, :, None]
     k_base = k_ptr + n * skn
 
-    if FROM_LOGITS:
+    if SAMPLED:
         sub = sy[:, None, None] * S + sx[None, None, :]
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
             off_ptr + n * son + iy * soy + ix3 * sox, g, iy, ix3, sub, ok, soc, H, W, S, ACC)
@@ -84,10 +84,6 @@ def _reassemble_kernel(
         a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
         a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
         a11 = y1.to(IDX) * sky + x1.to(IDX) * skx
-        lse00 = corner_lse(k_base, a00, g, ok, skc, KK, KKP, ACC)
-        lse01 = corner_lse(k_base, a01, g, ok, skc, KK, KKP, ACC)
-        lse10 = corner_lse(k_base, a10, g, ok, skc, KK, KKP, ACC)
-        lse11 = corner_lse(k_base, a11, g, ok, skc, KK, KKP, ACC)
         w00 = (1.0 - fy) * (1.0 - fx)
         w01 = (1.0 - fy) * fx
         w10 = fy * (1.0 - fx)
@@ -99,11 +95,11 @@ def _reassemble_kernel(
     x_base = x_ptr + n * sxn + c[:, None] * sxc
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
-        if FROM_LOGITS:
-            kj = w00 * tl.exp2((tl.load(t_base + a00, mask=ok, other=0.0).to(ACC) - lse00) * LOG2E)
-            kj += w01 * tl.exp2((tl.load(t_base + a01, mask=ok, other=0.0).to(ACC) - lse01) * LOG2E)
-            kj += w10 * tl.exp2((tl.load(t_base + a10, mask=ok, other=0.0).to(ACC) - lse10) * LOG2E)
-            kj += w11 * tl.exp2((tl.load(t_base + a11, mask=ok, other=0.0).to(ACC) - lse11) * LOG2E)
+        if SAMPLED:
+            kj = w00 * tl.load(t_base + a00, mask=ok, other=0.0).to(ACC)
+            kj += w01 * tl.load(t_base + a01, mask=ok, other=0.0).to(ACC)
+            kj += w10 * tl.load(t_base + a10, mask=ok, other=0.0).to(ACC)
+            kj += w11 * tl.load(t_base + a11, mask=ok, other=0.0).to(ACC)
         else:
             kj = tl.load(t_base + a_out, mask=ok, other=0.0).to(ACC)
         ty = iy + (j // KS - R)
@@ -122,13 +118,14 @@ def _reassemble_kernel(
 
 
 def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
+    """kernels: DLU's kernel space (with offsets) or CARAFE's masks (offsets None)."""
     n, c, h, w = features.shape
     s = scale_factor
     out = new_output(features, (n, c, s * h, s * w))
     if out.numel() == 0:
         return out
-    from_logits = offsets is not None
-    off = offsets if from_logits else kernels  # CARAFE never reads it
+    sampled = offsets is not None
+    off = offsets if sampled else kernels  # CARAFE never reads it
     cpg = c // group_size
     block_c, block_p, block_sy, warps = forward_blocks(cpg, w, s)
     grid = (n * h * triton.cdiv(w, block_p) * triton.cdiv(s, block_sy), group_size * triton.cdiv(cpg, block_c))
@@ -136,8 +133,8 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
         h, w, cpg,
-        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
-        FROM_LOGITS=int(from_logits), BLOCK_P=block_p, BLOCK_SY=block_sy, BLOCK_C=block_c,
+        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size,
+        SAMPLED=int(sampled), BLOCK_P=block_p, BLOCK_SY=block_sy, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
         num_warps=warps,
     )
@@ -145,7 +142,8 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
 
 
 def dlu_forward(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    return _launch(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    space = kernel_space(kernel_logits, group_size, kernel_size)
+    return _launch(features, space, offsets, kernel_size, group_size, scale_factor)
 
 
 def carafe_forward(features, masks, kernel_size, group_size, scale_factor):
