@@ -37,8 +37,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, corner_probs, grad_blocks, index_dtype, kernel_space, new_output,
-    sampling_point, subpixel_columns, taps_padded,
+    FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, accumulator, corner_probs, grad_blocks, index_dtype,
+    kernel_space, new_output, sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -265,7 +265,7 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
     torch.use_deterministic_algorithms) instead of atomics, at 4*G*k*k*s*s*H*W*N extra floats."""
     n, _, h, w = features.shape
     g, s, kk = group_size, scale_factor, kernel_size * kernel_size
-    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    acc = accumulator(features)
     dfeatures = new_output(features, features.shape)
     doffsets = new_output(offsets, offsets.shape)
     if features.numel() == 0:
@@ -285,7 +285,7 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
         dlogits = summed.view(n, g, h, w, kk).permute(0, 1, 4, 2, 3).reshape(dlogits.shape)
     # The softmax backward is dense in the reference: a group whose kernel space is NaN (a NaN or
     # +inf logit, or all -inf) has a NaN gradient even where no output samples it.
-    dlogits = dlogits.masked_fill(space.isnan().reshape(dlogits.shape), float("nan"))
+    dlogits = dlogits.masked_fill(space.isnan(), float("nan"))
     dlogits_out = new_output(kernel_logits, kernel_logits.shape)
     dlogits_out.copy_(dlogits)
     return dfeatures, dlogits_out, doffsets

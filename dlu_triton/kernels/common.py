@@ -59,8 +59,7 @@ def kernel_space(logits, group_size, kernel_size):
     each sampled corner instead of recomputing a softmax there for every output pixel and tap."""
     n, _, h, w = logits.shape
     kk = kernel_size * kernel_size
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return torch.softmax(logits.reshape(n, group_size, kk, h, w), 2, dtype=dtype).reshape(n, group_size * kk, h, w)
+    return torch.softmax(logits.reshape(n, group_size, kk, h, w), 2, dtype=accumulator(logits)).reshape(n, group_size * kk, h, w)
 
 
 @triton.jit
@@ -86,8 +85,14 @@ def new_output(like, size, dtype=None):
     )
 
 
+def accumulator(t):
+    """The dtype `t`'s values are accumulated in: float64 for float64, float32 otherwise."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def acc_dtype(t):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
+    """accumulator(t) as the kernels' ACC."""
+    return {torch.float64: tl.float64, torch.float32: tl.float32}[accumulator(t)]
 
 
 def index_dtype(*tensors):
@@ -120,8 +125,9 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
 
 # Output columns a backward program covers (source pixels x s sub-pixel columns). The mask
 # gradient re-reads its dy strip [C/G, columns] for each of the k*k taps, so it is kept small
-# enough to stay in L1 (32 KB at 256 channels); the features gradient keeps [BLOCK_C, columns]
-# accumulators and reads every dy row it needs in runs of this length.
+# (32 KB at 256 channels) in the hope that it stays in L1 (ncu: 60% L1 hits at the anchor; the
+# strips of an SM's programs do not all fit, docs/performance.md). The features gradient keeps
+# [BLOCK_C, columns] accumulators and reads every dy row it needs in runs of this length.
 MASK_GRAD_COLUMNS = 32
 FEATURE_GRAD_COLUMNS = 64
 
