@@ -108,18 +108,19 @@ def taps_padded(kernel_size):
 def forward_blocks(channels_per_group, row_length, scale_factor):
     """The forward's tiles: (BLOCK_C, BLOCK_P, BLOCK_SY, num_warps).
 
-    A program holds [BLOCK_C channels, BLOCK_SY sub-pixel rows, BLOCK_P source pixels of one row,
-    s sub-pixel columns (padded to a power of two)], up to 8192 accumulators at 4 warps. Up to 16
-    sub-pixels share each loaded feature (more measured slower); then channels, up to 64, over
-    which DLU's kernel sampling is shared; the rest is pixels, up to 16. The block sweep behind
-    these choices: docs/results/h100-block-sweep.md.
+    A program holds [BLOCK_SY sub-pixel rows, s sub-pixel columns (padded to a power of two),
+    BLOCK_C channels, BLOCK_P source pixels], 8192 accumulators at 4 warps. The compiler spreads
+    the lanes along the pixels (up to 32 of one row) and then the channels, the warps along the
+    channels, so a thread holds every sub-pixel of the tile for its pixel and channels: each
+    feature it loads serves BLOCK_SY * s outputs from registers. In the H100 sweep
+    (docs/results/h100-forward-v10.md) 16 sub-pixels a thread and 64 channels ran fastest at
+    s >= 4; at s = 2 (4 sub-pixels) 32 channels beat 64 by 5%.
     """
     sxp = triton.next_power_of_2(scale_factor)
     block_sy = max(1, min(sxp, 16 // sxp))
-    # past s = 128 one sub-pixel row alone is wide: fewer channels keep the tile at 8192
-    # accumulators (64 registers a thread) instead of spilling
-    block_c = min(triton.next_power_of_2(channels_per_group), 64, max(1, 8192 // sxp))
-    block_p = max(1, min(8192 // (block_sy * sxp * block_c), 16, triton.next_power_of_2(row_length)))
+    most_c = 32 if sxp <= 2 else 64
+    block_c = max(1, min(triton.next_power_of_2(channels_per_group), most_c, 8192 // (block_sy * sxp)))
+    block_p = max(1, min(32, triton.next_power_of_2(row_length), 8192 // (block_sy * sxp * block_c)))
     return block_c, block_p, block_sy, 4
 
 

@@ -17,13 +17,18 @@ so the high-resolution mask never reaches global memory.
 
 Program: image n, source row iy, BLOCK_P consecutive source pixels ix of that row, BLOCK_SY
 sub-pixel rows and all s sub-pixel columns, BLOCK_C channels of one group: an output tile
-[BLOCK_C, BLOCK_SY, BLOCK_P, s]. Each tap's features [BLOCK_C, BLOCK_P] are one contiguous gather
-(consecutive ix) used by all the tile's sub-pixels in registers, and each tap's kernel values
-[BLOCK_SY, BLOCK_P, s] are shared by the BLOCK_C channels. The store flattens (pixel, sub-pixel
-column) into one run of BLOCK_P*s consecutive output columns, so the compiler sees contiguous
-rows and writes whole sectors (with s a runtime value it wrote 4 bytes per 32-byte sector, and
-L2 throughput, not DRAM, bounded the kernel: docs/performance.md). For DLU a tap costs 4 gathers
-and 4 multiply-adds per point.
+[BLOCK_SY, s, BLOCK_C, BLOCK_P], pixels last so that the compiler's default layout puts the lanes
+along the pixels and the warps along the channels, and a thread holds every sub-pixel of its
+pixel. Each tap's features [BLOCK_C, BLOCK_P] are then one contiguous gather loaded straight into
+that layout, each value serving the thread's BLOCK_SY * s outputs from registers (v6 loaded them
+in another layout and moved every tap's tile through shared memory: 4 barriers and 40 shared
+accesses a tap for 32 multiply-adds; docs/performance.md, v10). The sampling and the kernel
+gathers run one point a thread in a flat [points] layout, and each tap's kernel values are
+reshaped to [BLOCK_SY, s, BLOCK_P] for the accumulators (one small exchange a tap, which the
+compiler does with stmatrix/ldmatrix). The store flattens (pixel, sub-pixel column) into one run
+of BLOCK_P*s consecutive output columns, so the compiler sees contiguous rows and writes whole
+sectors (with s a runtime value it wrote 4 bytes per 32-byte sector, and L2 throughput, not
+DRAM, bounded the kernel). For DLU a tap costs 4 gathers and 4 multiply-adds per point.
 Accumulation is in fp32 (fp64 for fp64 inputs); the store casts to the output dtype.
 """
 import triton
@@ -58,28 +63,32 @@ def _reassemble_kernel(
     n_yblocks: tl.constexpr = (S + BLOCK_SY - 1) // BLOCK_SY
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
     pid = tl.program_id(0)  # ((n * H + iy) * n_pblocks + pblock) * n_yblocks + yblock
-    sy = (pid % n_yblocks) * BLOCK_SY + tl.arange(0, BLOCK_SY)  # [SY]
+    sy0 = (pid % n_yblocks) * BLOCK_SY
+    sy = sy0 + tl.arange(0, BLOCK_SY)  # [SY]
     row = pid // n_yblocks // n_pblocks
     iy = (row % H).to(IDX)
     n = (row // H).to(IDX)
     ix0 = ((pid // n_yblocks % n_pblocks) * BLOCK_P).to(IDX)
     ix = ix0 + tl.arange(0, BLOCK_P)  # [P]
-    sx = tl.arange(0, SXP)  # [X]
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
     p_ok = ix < W
     c_ok = cg < CPG
     sy_ok = sy < S
-    ok = sy_ok[:, None, None] & p_ok[None, :, None] & (sx < S)[None, None, :]  # [SY, P, X]
-    oy = iy * S + sy  # [SY]
-    ix3 = ix[None, :, None]
+    # The tile's points, one a thread: [BLOCK_SY * SXP * BLOCK_P], sub-pixel-major. The
+    # sampling and the kernel gathers run in this flat layout; each tap's kernel values are then
+    # reshaped to [SY, X, P] for the accumulators' layout (one small exchange a tap).
+    pt = tl.arange(0, BLOCK_SY * SXP * BLOCK_P)
+    pt_sy = sy0 + pt // (SXP * BLOCK_P)
+    pt_sx = pt // BLOCK_P % SXP
+    pt_ix = ix0 + pt % BLOCK_P
+    ok = (pt_sy < S) & (pt_sx < S) & (pt_ix < W)
     k_base = k_ptr + n * skn
 
     if SAMPLED:
-        sub = sy[:, None, None] * S + sx[None, None, :]
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
-            off_ptr + n * son + iy * soy + ix3 * sox, g, iy, ix3, sub, ok, soc, H, W, S, ACC)
+            off_ptr + n * son + iy * soy + pt_ix * sox, g, iy, pt_ix, pt_sy * S + pt_sx, ok, soc, H, W, S, ACC)
         a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
         a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
         a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
@@ -89,9 +98,9 @@ def _reassemble_kernel(
         w10 = fy * (1.0 - fx)
         w11 = fy * fx
     else:
-        a_out = oy[:, None, None] * sky + (ix3 * S + sx[None, None, :]) * skx
+        a_out = (iy * S + pt_sy) * sky + (pt_ix * S + pt_sx) * skx
 
-    acc = tl.zeros((BLOCK_C, BLOCK_SY, BLOCK_P, SXP), dtype=ACC)
+    acc = tl.zeros((BLOCK_SY, SXP, BLOCK_C, BLOCK_P), dtype=ACC)
     x_base = x_ptr + n * sxn + c[:, None] * sxc
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
@@ -107,11 +116,13 @@ def _reassemble_kernel(
         # where(), not &: the interpreter mistypes a tensor & a scalar bool
         t_ok = tl.where((ty >= 0) & (ty < H), p_ok & (tx >= 0) & (tx < W), False)
         f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
-        acc += f.to(ACC)[:, None, :, None] * kj[None, :, :, :]
+        kj = tl.reshape(kj, (BLOCK_SY, SXP, BLOCK_P))
+        acc += f.to(ACC)[None, None, :, :] * kj[:, :, None, :]
 
     # (pixel, sub-pixel column) flattened into the output row's columns
     M: tl.constexpr = BLOCK_P * SXP
-    res = tl.reshape(acc, (BLOCK_C, BLOCK_SY, M)).to(out_ptr.dtype.element_ty)
+    res = tl.reshape(tl.permute(acc, (2, 0, 3, 1)), (BLOCK_C, BLOCK_SY, M)).to(out_ptr.dtype.element_ty)
+    oy = iy * S + sy
     _, _, ox, m_ok = subpixel_columns(ix0, W, S, SXP, M)
     out = out_ptr + n * sun + c[:, None, None] * suc + (oy * suy)[None, :, None] + (ox * sux)[None, None, :]
     tl.store(out, res, mask=c_ok[:, None, None] & sy_ok[None, :, None] & m_ok[None, None, :])
