@@ -41,7 +41,7 @@ for step in "$@"; do
     profile)
       # "L2 Compression Input Sectors" (MemoryWorkloadAnalysis) counts L2 writes: compare with the
       # output's minimal sectors (docs/performance.md, forward v5 -> v6).
-      timeout 120 ncu --clock-control none -k regex:"_reassemble|_mask_grad|_feature_grad" -c 4 \
+      timeout 120 ncu --clock-control none -k regex:"_reassemble|_mask_grad|_kernel_grad|_feature_grad" -c 5 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
         --section LaunchStats --section Occupancy python3 benchmarks/profile_once.py > "$OUT/ncu.txt" 2>&1
       grep -E "^  _|Duration|Throughput|Registers Per|Achieved Occ|Compression Input" "$OUT/ncu.txt" ;;

@@ -4,9 +4,10 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
 
 1. Mask gradient, a channel reduction per output pixel (no scatter):
        dK[g, j, o] = sum_{c in g} dy[c, o] * x[c, q(o) + d_j]
-   CARAFE stores it as the masks' gradient. DLU continues in registers: with the kernel space's
-   probabilities P_c at the corners (the softmax, computed once per low-resolution pixel before
-   the launch, as in the forward) and bilinear weights w_c, K = sum_c w_c P_c, so
+   CARAFE stores it as the masks' gradient; DLU into a temporary [N, G*k*k, sH, sW] (no C).
+2. DLU only, the kernel gradient through the sampling and the softmax, from dK: with the kernel
+   space's probabilities P_c at the corners (the softmax, computed once per low-resolution pixel
+   before the launch, as in the forward) and bilinear weights w_c, K = sum_c w_c P_c, so
        d px = [0 < px < W-1] * sum_j dK_j ((1-fy)(P01 - P00) + fy(P11 - P10))_j     (dy likewise)
        d logits[., corner c] += w_c * P_c * (dK - <P_c, dK>)                         (softmax backward)
    The offsets' gradient belongs to one output pixel and is stored directly; the logits' gradient
@@ -14,20 +15,26 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
    inputs), whose order, and so whose last bits, vary run to run. The deterministic variant
    (under torch.use_deterministic_algorithms) instead stores each point's four corner shares
    with their target rows, and torch's index_add_, deterministic in that mode, sums them in a
-   fixed order. DLU's kernel also writes K, the mask step 2 needs; it lives only during backward.
-2. Features gradient, a gather over the output pixels whose taps read each input pixel:
+   fixed order. This step also writes K, which step 3 needs; it lives only during backward.
+3. Features gradient, a gather over the output pixels whose taps read each input pixel:
        dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
    so every input pixel is written once, without atomics.
 
-Tiles. Both kernels take s as a compile-time constant and lay a program's output columns out as
-[BLOCK_P source pixels x s sub-pixel columns] (s padded to a power of two), so every dy row they
-read is one contiguous run the compiler can vectorise (with s at run time it read dy in 4-byte,
-stride-s pieces, as the forward once wrote its output).
-Step 1: one program per (output row, BLOCK_P source pixels, group). For each tap j it loops over
-the group's channels in blocks of BLOCK_C, accumulating dy[c, o] * x[c, q(o) + d_j] into a
-[BLOCK_C, columns] tile that is summed over channels once per tap: k*k reductions per program,
-however many channels.
-Step 2: one program per (input row, BLOCK_P input pixels, BLOCK_C channels). For each tap row,
+Tiles. The kernels take s as a compile-time constant.
+Step 1: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
+group), a pixel a lane. It loops over the group's channels BLOCK_C at a time: loads the step's
+dy [BLOCK_C, SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_C, BLOCK_P],
+and adds each pixel's channel sums to dK[j] in the thread's registers. So dy is read once, not
+once per tap, and no sum crosses a thread (v7 re-read its dy strip k*k times and reduced each
+tap across warps). Layout note: the compiler lays a load out by the contiguity of its addresses
+and breaks ties toward the first axis, so dy, strided along the pixels, is loaded as
+[BLOCK_P, SXB, BLOCK_C] and permuted; and the features' column is computed from the block size
+passed at run time (P_STEP), so no tap's address looks 16-byte aligned and every tap's load gets
+the same layout (otherwise the aligned middle tap is vectorised into another layout, converted
+through shared memory at every tap).
+Step 2: one program per (output row, BLOCK_P source pixels x s sub-pixel columns, group), the
+columns as one contiguous run.
+Step 3: one program per (input row, BLOCK_P input pixels, BLOCK_C channels). For each tap row,
 sub-pixel row and tap column it loads the dy run of the output pixels that read these inputs
 (consecutive columns) with their K, and accumulates dy * K into [BLOCK_C, columns]; the s
 sub-pixel columns of each input pixel are summed once at the end.
@@ -37,8 +44,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    FEATURE_GRAD_COLUMNS, MASK_GRAD_COLUMNS, acc_dtype, accumulator, corner_probs, grad_blocks, index_dtype,
-    kernel_space, new_output, sampling_point, subpixel_columns, taps_padded,
+    FEATURE_GRAD_COLUMNS, KERNEL_GRAD_COLUMNS, acc_dtype, accumulator, corner_probs, grad_blocks, index_dtype,
+    kernel_space, mask_grad_blocks, new_output, sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -56,32 +63,91 @@ def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, live, A
         tl.store(row_at, row.to(tl.int64), mask=q_ok)
 
 
-@triton.jit(do_not_specialize=["H", "W", "CPG"])
+@triton.jit(do_not_specialize=["H", "W", "CPG", "P_STEP"])
 def _mask_grad_kernel(
-    gy_ptr, x_ptr, p_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dy; features; kernel space; offsets;
-    # K out (DLU) or mask gradient out (CARAFE); logits-gradient accumulator; offsets gradient
-    share_ptr, row_ptr,  # deterministic DLU: corner shares [N, G, sH, sW, 4, k*k], their rows [.., 4]
+    gy_ptr, x_ptr, dk_ptr,  # dy; features; mask gradient dK out
     sgn, sgc, sgy, sgx,  # dy strides
     sxn, sxc, sxy, sxx,  # features strides
-    spn, spc, spy, spx,  # kernel-space strides
-    son, soc, soy, sox,  # offsets strides
-    skn, skc, sky, skx,  # K / mask-gradient strides
-    sdn, sdc, sdy, sdx,  # logits-gradient accumulator strides
-    sen, sec, sey, sex,  # offsets-gradient strides
+    skn, skc, sky, skx,  # dK strides
     H, W, CPG,  # low-resolution size, channels per group
-    S: tl.constexpr,  # scale factor (constexpr: output columns ix*s + sx must look contiguous)
-    SXP: tl.constexpr,  # s rounded up to a power of two
+    P_STEP,  # = BLOCK_P, at run time (the layout note in the module docstring)
+    S: tl.constexpr,  # scale factor
+    SXB: tl.constexpr,  # sub-pixel columns per program (a power of two)
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
-    SAMPLED: tl.constexpr,  # 1: DLU (logits and offsets gradients), 0: CARAFE (mask gradient)
-    ATOMIC: tl.constexpr,  # DLU: 1 adds the logits' gradient with atomics, 0 stores corner shares
-    BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
+    BLOCK_P: tl.constexpr,  # source pixels per program, one a lane
     BLOCK_C: tl.constexpr,  # channels per step of the channel loop
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
+    n_pblocks = tl.cdiv(W, BLOCK_P)
+    n_xblocks: tl.constexpr = (S + SXB - 1) // SXB
+    pid = tl.program_id(0)  # ((n * s*H + oy) * n_pblocks + pblock) * n_xblocks + xblock
+    sx = (pid % n_xblocks) * SXB + tl.arange(0, SXB)  # [X]
+    ix = ((pid // n_xblocks % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)  # [P]
+    ix_rt = ((pid // n_xblocks % n_pblocks) * P_STEP + tl.arange(0, BLOCK_P)).to(IDX)
+    row = pid // n_xblocks // n_pblocks
+    oy = (row % (H * S)).to(IDX)
+    n = (row // (H * S)).to(IDX)
+    iy = oy // S
+    g = tl.program_id(1)
+    p_ok = ix < W
+    q_ok = (sx < S)[:, None] & p_ok[None, :]  # [X, P]
+    ox = ix[None, :] * S + sx[:, None]
+    j = tl.arange(0, KKP)[:, None, None]
+    cb = tl.arange(0, BLOCK_C)
+
+    # Every tensor here is [..., P] with the lanes along the pixels and the rest in registers
+    # (the compiler's default for these shapes at one warp), so the channel sums are a thread's
+    # own multiply-add chains and dK[j] is a register of the thread (the taps are unrolled, so
+    # `j == jt` is known at compile time and the select below folds away).
+    dk = tl.zeros((KKP, SXB, BLOCK_P), dtype=ACC)
+    gy_row = gy_ptr + n * sgn + oy * sgy + ox * sgx  # [X, P]
+    x_base = x_ptr + n * sxn
+    for c0 in range(0, CPG, BLOCK_C):
+        c_ok = c0 + cb < CPG
+        c = (g * CPG + c0 + cb).to(IDX)
+        # loaded as [P, X, C] and permuted: the layout note in the module docstring
+        dy = tl.load(tl.permute(gy_row, (1, 0))[:, :, None] + (c * sgc)[None, None, :],
+                     mask=tl.permute(q_ok, (1, 0))[:, :, None] & c_ok[None, None, :], other=0.0)
+        dy = tl.permute(dy.to(ACC), (2, 1, 0))  # [C, X, P], read once for all k*k taps
+        for jt in tl.static_range(KK):
+            ty = iy + (jt // KS - R)
+            tx = ix_rt + (jt % KS - R)
+            # where(), not &: the interpreter mistypes a tensor & a scalar bool
+            t_ok = tl.where((ty >= 0) & (ty < H), p_ok & (tx >= 0) & (tx < W), False)
+            xc = tl.load(x_base + (c * sxc)[:, None] + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
+            part = tl.sum(dy * xc.to(ACC)[:, None, :], axis=0)  # [X, P]
+            dk += tl.where(j == jt, part[None, :, :], 0.0)
+
+    dk_at = dk_ptr + n * skn + ((g * KK + j) * skc) + (oy * sky + ox * skx)[None, :, :]
+    tl.store(dk_at, dk.to(dk_ptr.dtype.element_ty), mask=(j < KK) & q_ok[None, :, :])
+
+
+@triton.jit(do_not_specialize=["H", "W"])
+def _kernel_grad_kernel(
+    dk_ptr, p_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dK; kernel space; offsets; K out;
+    # logits-gradient accumulator; offsets gradient
+    share_ptr, row_ptr,  # deterministic: corner shares [N, G, sH, sW, 4, k*k], their rows [.., 4]
+    sdkn, sdkc, sdky, sdkx,  # dK strides
+    spn, spc, spy, spx,  # kernel-space strides
+    son, soc, soy, sox,  # offsets strides
+    skn, skc, sky, skx,  # K strides
+    sdn, sdc, sdy, sdx,  # logits-gradient accumulator strides
+    sen, sec, sey, sex,  # offsets-gradient strides
+    H, W,  # low-resolution size
+    S: tl.constexpr,  # scale factor (constexpr: output columns ix*s + sx must look contiguous)
+    SXP: tl.constexpr,  # s rounded up to a power of two
+    KS: tl.constexpr,  # kernel size k
+    KKP: tl.constexpr,  # k*k rounded up to a power of two
+    ATOMIC: tl.constexpr,  # 1 adds the logits' gradient with atomics, 0 stores corner shares
+    BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
+    ACC: tl.constexpr,  # accumulator dtype
+    IDX: tl.constexpr,  # index dtype
+):
+    KK: tl.constexpr = KS * KS
     M: tl.constexpr = BLOCK_P * SXP
     n_pblocks = tl.cdiv(W, BLOCK_P)
     row = tl.program_id(0) // n_pblocks  # n * s*H + oy
@@ -92,82 +158,55 @@ def _mask_grad_kernel(
     ix, sx, ox, q_ok = subpixel_columns(ix0, W, S, SXP, M)
     iy = oy // S
     j = tl.arange(0, KKP)
-    j_ok = j < KK
-    cb = tl.arange(0, BLOCK_C)
+    qj_ok = q_ok[:, None] & (j < KK)[None, :]
+    dk = tl.load(dk_ptr + n * sdkn + (oy * sdky + ox * sdkx)[:, None] + ((g * KK + j) * sdkc)[None, :], mask=qj_ok, other=0.0)
+    dk = dk.to(ACC)
 
-    # The channel loop reads dy as [BLOCK_C, columns] runs of the output row, and each tap's
-    # features as [BLOCK_C, BLOCK_P] rows of consecutive pixels, repeated over the s sub-pixel
-    # columns in registers. (Loaded directly as [BLOCK_C, columns], each pixel s times, the
-    # features' addresses look contiguous nowhere and the compiler put the lanes along channels:
-    # a 32-byte sector per element.)
-    pix = ix0 + tl.arange(0, BLOCK_P)
-    gy_at = gy_ptr + n * sgn + oy * sgy + ox * sgx  # [M]
-    dk = tl.zeros((M, KKP), dtype=ACC)
-    x_base = x_ptr + n * sxn
-    for jt in range(KK):
-        ty = iy + (jt // KS - R)
-        tx = pix + (jt % KS - R)
-        # where(), not &: the interpreter mistypes a tensor & a scalar bool
-        t_ok = tl.where((ty >= 0) & (ty < H), (pix < W) & (tx >= 0) & (tx < W), False)
-        part = tl.zeros((BLOCK_C, M), dtype=ACC)
-        for c0 in range(0, CPG, BLOCK_C):
-            c_ok = c0 + cb < CPG
-            c = (g * CPG + c0 + cb).to(IDX)
-            dyc = tl.load(gy_at[None, :] + (c * sgc)[:, None], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
-            xc = tl.load(x_base + (c * sxc)[:, None] + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
-            xc = tl.reshape(tl.broadcast_to(xc[:, :, None], (BLOCK_C, BLOCK_P, SXP)), (BLOCK_C, M))
-            part += dyc.to(ACC) * xc.to(ACC)
-        dk = tl.where(j[None, :] == jt, tl.sum(part, axis=0)[:, None], dk)
-
-    qj_ok = q_ok[:, None] & j_ok[None, :]
+    sub = (oy % S) * S + sx
+    y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(
+        off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
+    p_base = p_ptr + n * spn
+    p00 = corner_probs(p_base, y0.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+    p01 = corner_probs(p_base, y0.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+    p10 = corner_probs(p_base, y1.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+    p11 = corner_probs(p_base, y1.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+    w00 = (1.0 - fy) * (1.0 - fx)
+    w01 = (1.0 - fy) * fx
+    w10 = fy * (1.0 - fx)
+    w11 = fy * fx
+    kern = w00[:, None] * p00 + w01[:, None] * p01 + w10[:, None] * p10 + w11[:, None] * p11
     k_out = k_ptr + n * skn + (oy * sky + ox * skx)[:, None] + ((g * KK + j) * skc)[None, :]
-    if SAMPLED:
-        sub = (oy % S) * S + sx
-        y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(
-            off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
-        p_base = p_ptr + n * spn
-        p00 = corner_probs(p_base, y0.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
-        p01 = corner_probs(p_base, y0.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
-        p10 = corner_probs(p_base, y1.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
-        p11 = corner_probs(p_base, y1.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
-        w00 = (1.0 - fy) * (1.0 - fx)
-        w01 = (1.0 - fy) * fx
-        w10 = fy * (1.0 - fx)
-        w11 = fy * fx
-        kern = w00[:, None] * p00 + w01[:, None] * p01 + w10[:, None] * p10 + w11[:, None] * p11
-        tl.store(k_out, kern.to(k_ptr.dtype.element_ty), mask=qj_ok)
+    tl.store(k_out, kern.to(k_ptr.dtype.element_ty), mask=qj_ok)
 
-        d_px = tl.sum(dk * ((1.0 - fy)[:, None] * (p01 - p00) + fy[:, None] * (p11 - p10)), axis=1)
-        d_py = tl.sum(dk * ((1.0 - fx)[:, None] * (p10 - p00) + fx[:, None] * (p11 - p01)), axis=1)
-        # Clamped points get no gradient (grid_sample's 0 * gradient, so a NaN stays NaN); the
-        # point of a NaN offset gets NaN in both coordinates.
-        lost = (fy != fy) | (fx != fx)
-        live = (~lost)[:, None]
-        d_px = tl.where(lost, float("nan"), d_px * in_x.to(ACC))
-        d_py = tl.where(lost, float("nan"), d_py * in_y.to(ACC))
-        e_base = doff_ptr + n * sen + iy * sey + ix * sex
-        e_ch = 2 * g * S * S + sub
-        doff_ty = doff_ptr.dtype.element_ty
-        tl.store(e_base + e_ch * sec, d_px.to(doff_ty), mask=q_ok)
-        tl.store(e_base + (e_ch + S * S) * sec, d_py.to(doff_ty), mask=q_ok)
+    d_px = tl.sum(dk * ((1.0 - fy)[:, None] * (p01 - p00) + fy[:, None] * (p11 - p10)), axis=1)
+    d_py = tl.sum(dk * ((1.0 - fx)[:, None] * (p10 - p00) + fx[:, None] * (p11 - p01)), axis=1)
+    # Clamped points get no gradient (grid_sample's 0 * gradient, so a NaN stays NaN); the
+    # point of a NaN offset gets NaN in both coordinates.
+    lost = (fy != fy) | (fx != fx)
+    live = (~lost)[:, None]
+    d_px = tl.where(lost, float("nan"), d_px * in_x.to(ACC))
+    d_py = tl.where(lost, float("nan"), d_py * in_y.to(ACC))
+    e_base = doff_ptr + n * sen + iy * sey + ix * sex
+    e_ch = 2 * g * S * S + sub
+    doff_ty = doff_ptr.dtype.element_ty
+    tl.store(e_base + e_ch * sec, d_px.to(doff_ty), mask=q_ok)
+    tl.store(e_base + (e_ch + S * S) * sec, d_py.to(doff_ty), mask=q_ok)
 
-        d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, :]
-        ng = n * tl.num_programs(1) + g
-        point = (ng * (H * S) + oy) * (W * S) + ox  # [M], in the share buffers
-        share = share_ptr + (point * 4 * KK)[:, None] + j[None, :]
-        rows = row_ptr + point * 4
-        y0r = (ng * H + y0) * W  # rows of the logits' gradient as [N*G*H*W, k*k]
-        y1r = (ng * H + y1) * W
-        _logit_grad_share(d_base + (y0.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share, rows, y0r + x0,
-                          p00, w00, dk, q_ok, qj_ok, live, ATOMIC)
-        _logit_grad_share(d_base + (y0.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + KK, rows + 1, y0r + x1,
-                          p01, w01, dk, q_ok, qj_ok, live, ATOMIC)
-        _logit_grad_share(d_base + (y1.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share + 2 * KK, rows + 2, y1r + x0,
-                          p10, w10, dk, q_ok, qj_ok, live, ATOMIC)
-        _logit_grad_share(d_base + (y1.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + 3 * KK, rows + 3, y1r + x1,
-                          p11, w11, dk, q_ok, qj_ok, live, ATOMIC)
-    else:
-        tl.store(k_out, dk.to(k_ptr.dtype.element_ty), mask=qj_ok)
+    d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, :]
+    ng = n * tl.num_programs(1) + g
+    point = (ng * (H * S) + oy) * (W * S) + ox  # [M], in the share buffers
+    share = share_ptr + (point * 4 * KK)[:, None] + j[None, :]
+    rows = row_ptr + point * 4
+    y0r = (ng * H + y0) * W  # rows of the logits' gradient as [N*G*H*W, k*k]
+    y1r = (ng * H + y1) * W
+    _logit_grad_share(d_base + (y0.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share, rows, y0r + x0,
+                      p00, w00, dk, q_ok, qj_ok, live, ATOMIC)
+    _logit_grad_share(d_base + (y0.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + KK, rows + 1, y0r + x1,
+                      p01, w01, dk, q_ok, qj_ok, live, ATOMIC)
+    _logit_grad_share(d_base + (y1.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share + 2 * KK, rows + 2, y1r + x0,
+                      p10, w10, dk, q_ok, qj_ok, live, ATOMIC)
+    _logit_grad_share(d_base + (y1.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + 3 * KK, rows + 3, y1r + x1,
+                      p11, w11, dk, q_ok, qj_ok, live, ATOMIC)
 
 
 @triton.jit(do_not_specialize=["H", "W", "CPG"])
@@ -224,23 +263,39 @@ def _feature_grad_kernel(
     tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & (ix < W)[None, :])
 
 
-def _mask_grad(grad_out, features, k_out, kernel_size, group_size, scale_factor, dlu=None):
-    """CARAFE: k_out receives the masks' gradient. DLU: dlu = (kernel space, offsets, dlogits,
-    doffsets, shares, rows), k_out receives K, and shares = None means the atomic logits gradient."""
+def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
+    """dk receives the kernel (mask) gradient [N, G*k*k, s*H, s*W]."""
     n, c, h, w = features.shape
     s = scale_factor
-    space, offsets, dlogits, doffsets, shares, rows = dlu or (k_out,) * 6
+    block_c, block_p, sxb = mask_grad_blocks(c // group_size, w, s)
+    grid = (n * s * h * triton.cdiv(w, block_p) * triton.cdiv(s, sxb), group_size)
+    _mask_grad_kernel[grid](
+        grad_out, features, dk, *grad_out.stride(), *features.stride(), *dk.stride(),
+        h, w, c // group_size, block_p,
+        S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p, BLOCK_C=block_c,
+        ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
+        num_warps=1,
+    )
+
+
+def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, kernel_size, scale_factor):
+    """DLU's chain rule from dK through the sampling and the softmax: k_out receives K, doffsets
+    the offsets' gradient, and the logits' gradient is added to dlogits (zeroed) with atomics,
+    or, given shares and rows, stored there as corner shares for a deterministic sum."""
+    n, _, h, w = offsets.shape
+    s = scale_factor
     atomic = shares is None
     shares, rows = (dlogits, dlogits) if atomic else (shares, rows)  # the atomic kernel never reads them
-    block_c, block_p = grad_blocks(c // group_size, w, s, MASK_GRAD_COLUMNS)
+    group_size = dlogits.shape[1] // (kernel_size * kernel_size)
+    _, block_p = grad_blocks(1, w, s, KERNEL_GRAD_COLUMNS)
     grid = (n * s * h * triton.cdiv(w, block_p), group_size)
-    tensors = (grad_out, features, space, offsets, k_out, dlogits, doffsets)
-    _mask_grad_kernel[grid](
+    tensors = (dk, space, offsets, k_out, dlogits, doffsets)
+    _kernel_grad_kernel[grid](
         *tensors, shares, rows, *(st for t in tensors for st in t.stride()),
-        h, w, c // group_size,
+        h, w,
         S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
-        SAMPLED=int(dlu is not None), ATOMIC=int(atomic), BLOCK_P=block_p, BLOCK_C=block_c,
-        ACC=acc_dtype(features), IDX=index_dtype(*tensors, shares),
+        ATOMIC=int(atomic), BLOCK_P=block_p,
+        ACC=acc_dtype(dk), IDX=index_dtype(*tensors, shares),
         num_warps=4,
     )
 
@@ -272,12 +327,14 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
         return dfeatures, new_output(kernel_logits, kernel_logits.shape), doffsets
     space = kernel_space(kernel_logits, g, kernel_size)
     masks = new_output(features, (n, g * kk, s * h, s * w), dtype=acc)
+    dk = torch.empty_like(masks)
     dlogits = torch.zeros(kernel_logits.shape, dtype=acc, device=features.device)
     shares = rows = None
     if deterministic:
         shares = new_output(dlogits, (n, g, s * h, s * w, 4, kk))
         rows = new_output(dlogits, (n, g, s * h, s * w, 4), dtype=torch.int64)
-    _mask_grad(grad_out, features, masks, kernel_size, g, s, (space, offsets, dlogits, doffsets, shares, rows))
+    _mask_grad(grad_out, features, dk, kernel_size, g, s)
+    _kernel_grad(dk, space, offsets, masks, dlogits, doffsets, shares, rows, kernel_size, s)
     _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
     if deterministic:
         summed = torch.zeros(n * g * h * w, kk, dtype=acc, device=features.device)

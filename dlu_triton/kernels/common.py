@@ -124,13 +124,22 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     return block_c, block_p, block_sy, 4
 
 
-# Output columns a backward program covers (source pixels x s sub-pixel columns). The mask
-# gradient re-reads its dy strip [C/G, columns] for each of the k*k taps, so it is kept small
-# (32 KB at 256 channels) in the hope that it stays in L1 (ncu: 60% L1 hits at the anchor; the
-# strips of an SM's programs do not all fit, docs/performance.md). The features gradient keeps
-# [BLOCK_C, columns] accumulators and reads every dy row it needs in runs of this length.
-MASK_GRAD_COLUMNS = 32
+# Output columns a program of DLU's kernel-gradient step covers (its [columns, k*k] tiles of dK,
+# the corners' probabilities and their products). The features gradient keeps [BLOCK_C, columns]
+# accumulators and reads every dy row it needs in runs of this length.
+KERNEL_GRAD_COLUMNS = 32
 FEATURE_GRAD_COLUMNS = 64
+
+
+def mask_grad_blocks(channels_per_group, row_length, scale_factor):
+    """The mask gradient's tiles: (BLOCK_C, BLOCK_P, SXB), a one-warp program's BLOCK_P source
+    pixels (one a lane, up to 32) x SXB sub-pixel columns (up to 2) of one output row, with the
+    channels looped BLOCK_C at a time. A thread holds its pixel's dK [k*k, SXB] (64 fp32
+    registers at SXB = 2) and the step's dy [BLOCK_C, SXB]."""
+    sxb = min(triton.next_power_of_2(scale_factor), 2)
+    block_p = min(32, triton.next_power_of_2(row_length))
+    block_c = min(triton.next_power_of_2(channels_per_group), 8)
+    return block_c, block_p, sxb
 
 
 def grad_blocks(channels_per_group, row_length, scale_factor, columns):

@@ -69,7 +69,7 @@ def test_tiles_fit():
         for row in (1, 17, 64, 1000):
             for s in (1, 2, 3, 4, 8, 16, 64, 1000):
                 sxp = triton.next_power_of_2(s)
-                for columns in (common.MASK_GRAD_COLUMNS, common.FEATURE_GRAD_COLUMNS):
+                for columns in (common.KERNEL_GRAD_COLUMNS, common.FEATURE_GRAD_COLUMNS):
                     block_c, block_p = common.grad_blocks(cpg, row, s, columns)
                     assert block_c * block_p * sxp <= max(4096, sxp) and 1 <= block_p <= triton.next_power_of_2(row)
                 block_c, block_p, block_sy, warps = common.forward_blocks(cpg, row, s)
