@@ -114,12 +114,11 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     channels, so a thread holds every sub-pixel of the tile for its pixel and channels: each
     feature it loads serves BLOCK_SY * s outputs from registers. In the H100 sweep
     (docs/results/h100-forward-v10.md) 16 sub-pixels a thread and 64 channels ran fastest at
-    s >= 4; at s = 2 (4 sub-pixels) 32 channels beat 64 by 5%.
+    s >= 4. At s = 2, 32 channels beat 64 by 5% at N2 128x128 but lost 10% at N8 100x152.
     """
     sxp = triton.next_power_of_2(scale_factor)
     block_sy = max(1, min(sxp, 16 // sxp))
-    most_c = 32 if sxp <= 2 else 64
-    block_c = max(1, min(triton.next_power_of_2(channels_per_group), most_c, 8192 // (block_sy * sxp)))
+    block_c = max(1, min(triton.next_power_of_2(channels_per_group), 64, 8192 // (block_sy * sxp)))
     block_p = max(1, min(32, triton.next_power_of_2(row_length), 8192 // (block_sy * sxp * block_c)))
     return block_c, block_p, block_sy, 4
 
