@@ -86,8 +86,9 @@ def _mask_grad_kernel(
     n_xblocks: tl.constexpr = (S + SXB - 1) // SXB
     pid = tl.program_id(0)  # ((n * s*H + oy) * n_pblocks + pblock) * n_xblocks + xblock
     sx = (pid % n_xblocks) * SXB + tl.arange(0, SXB)  # [X]
-    ix = ((pid // n_xblocks % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)  # [P]
-    ix_rt = ((pid // n_xblocks % n_pblocks) * P_STEP + tl.arange(0, BLOCK_P)).to(IDX)
+    pblock = pid // n_xblocks % n_pblocks
+    ix = (pblock * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)  # [P]
+    ix_rt = (pblock * P_STEP + tl.arange(0, BLOCK_P)).to(IDX)  # the same values, alignment unknown
     row = pid // n_xblocks // n_pblocks
     oy = (row % (H * S)).to(IDX)
     n = (row // (H * S)).to(IDX)
@@ -278,7 +279,7 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     )
 
 
-def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, kernel_size, scale_factor):
+def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, kernel_size, group_size, scale_factor):
     """DLU's chain rule from dK through the sampling and the softmax: k_out receives K, doffsets
     the offsets' gradient, and the logits' gradient is added to dlogits (zeroed) with atomics,
     or, given shares and rows, stored there as corner shares for a deterministic sum."""
@@ -286,7 +287,6 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
     s = scale_factor
     atomic = shares is None
     shares, rows = (dlogits, dlogits) if atomic else (shares, rows)  # the atomic kernel never reads them
-    group_size = dlogits.shape[1] // (kernel_size * kernel_size)
     _, block_p = grad_blocks(1, w, s, KERNEL_GRAD_COLUMNS)
     grid = (n * s * h * triton.cdiv(w, block_p), group_size)
     tensors = (dk, space, offsets, k_out, dlogits, doffsets)
@@ -334,7 +334,7 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
         shares = new_output(dlogits, (n, g, s * h, s * w, 4, kk))
         rows = new_output(dlogits, (n, g, s * h, s * w, 4), dtype=torch.int64)
     _mask_grad(grad_out, features, dk, kernel_size, g, s)
-    _kernel_grad(dk, space, offsets, masks, dlogits, doffsets, shares, rows, kernel_size, s)
+    _kernel_grad(dk, space, offsets, masks, dlogits, doffsets, shares, rows, kernel_size, g, s)
     _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
     if deterministic:
         summed = torch.zeros(n * g * h * w, kk, dtype=acc, device=features.device)

@@ -142,7 +142,8 @@ def mask_grad_blocks(channels_per_group, row_length, scale_factor):
 
 
 def grad_blocks(channels_per_group, row_length, scale_factor, columns):
-    """The backward's tiles: (BLOCK_C, BLOCK_P), a program's [BLOCK_C channels, BLOCK_P source
+    """The kernel- and features-gradient tiles: (BLOCK_C, BLOCK_P), a program's [BLOCK_C
+    channels (the features gradient's; the kernel gradient has none), BLOCK_P source
     pixels x s sub-pixel columns] (s padded to a power of two): about `columns` output columns,
     at least one pixel, up to 64 channels and 4096 fp32 accumulators (32 registers a thread at
     4 warps)."""
