@@ -19,6 +19,8 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
 3. Features gradient, a gather over the output pixels whose taps read each input pixel:
        dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
    so every input pixel is written once, without atomics.
+4. DLU only: the logits' gradient from either summation's buffer into its own dtype and memory
+   format, NaN where the kernel space is NaN (the softmax backward is dense), in one pass.
 
 Tiles. The kernels take s as a compile-time constant.
 Step 1: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
@@ -264,6 +266,29 @@ def _feature_grad_kernel(
     tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & (ix < W)[None, :])
 
 
+@triton.jit(do_not_specialize=["TOTAL", "H", "W", "G"])
+def _logit_grad_out_kernel(
+    sum_ptr, p_ptr, out_ptr,  # summed logits gradient (accumulator dtype); kernel space; logits gradient out
+    ssn, ssg, ssj, ssy, ssx,  # summed-gradient strides, by image, group, tap, row, column
+    spn, spc, spy, spx,  # kernel-space strides
+    sun, suc, suy, sux,  # output strides
+    TOTAL, H, W, G,  # output elements, low-resolution size, groups
+    KK: tl.constexpr,  # taps k*k
+    BLOCK: tl.constexpr,  # output elements per program
+    IDX: tl.constexpr,  # index dtype
+):
+    e = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK)  # (n, channel, y, x), row-major
+    ok = e < TOTAL
+    x = e % W
+    y = e // W % H
+    ch = e // (W * H) % (G * KK)
+    n = e // (W * H * G * KK)
+    d = tl.load(sum_ptr + n * ssn + ch // KK * ssg + ch % KK * ssj + y * ssy + x * ssx, mask=ok, other=0.0)
+    p = tl.load(p_ptr + n * spn + ch * spc + y * spy + x * spx, mask=ok, other=0.0)
+    d = tl.where(p != p, float("nan"), d)
+    tl.store(out_ptr + n * sun + ch * suc + y * suy + x * sux, d.to(out_ptr.dtype.element_ty), mask=ok)
+
+
 def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     """dk receives the kernel (mask) gradient [N, G*k*k, s*H, s*W]."""
     n, c, h, w = features.shape
@@ -282,11 +307,15 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
 def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, kernel_size, group_size, scale_factor):
     """DLU's chain rule from dK through the sampling and the softmax: k_out receives K, doffsets
     the offsets' gradient, and the logits' gradient is added to dlogits (zeroed) with atomics,
-    or, given shares and rows, stored there as corner shares for a deterministic sum."""
+    or, given shares and rows instead (dlogits None), stored there as corner shares for a
+    deterministic sum."""
     n, _, h, w = offsets.shape
     s = scale_factor
     atomic = shares is None
-    shares, rows = (dlogits, dlogits) if atomic else (shares, rows)  # the atomic kernel never reads them
+    if atomic:
+        shares = rows = dlogits  # the atomic kernel never reads them
+    else:
+        dlogits = space  # nor the deterministic one this
     _, block_p = grad_blocks(1, w, s, KERNEL_GRAD_COLUMNS)
     grid = (n * s * h * triton.cdiv(w, block_p), group_size)
     tensors = (dk, space, offsets, k_out, dlogits, doffsets)
@@ -315,6 +344,19 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
     )
 
 
+def _logit_grad_out(summed, space, out, kernel_size, group_size):
+    """out receives the logits' gradient from `summed`, viewed [N, G, k*k, H, W] (either
+    summation's buffer, any strides), NaN where the kernel space is NaN: one pass instead of
+    isnan, masked_fill and a dtype copy."""
+    n, _, h, w = out.shape
+    block = 1024
+    _logit_grad_out_kernel[(triton.cdiv(out.numel(), block),)](
+        summed, space, out, *summed.stride(), *space.stride(), *out.stride(),
+        out.numel(), h, w, group_size,
+        KK=kernel_size * kernel_size, BLOCK=block, IDX=index_dtype(summed, space, out),
+    )
+
+
 def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor, deterministic=False):
     """deterministic: sum the logits' gradient with index_add_ (deterministic under
     torch.use_deterministic_algorithms) instead of atomics, at 4*G*k*k*s*s*H*W*N extra floats."""
@@ -328,23 +370,25 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
     space = kernel_space(kernel_logits, g, kernel_size)
     masks = new_output(features, (n, g * kk, s * h, s * w), dtype=acc)
     dk = torch.empty_like(masks)
-    dlogits = torch.zeros(kernel_logits.shape, dtype=acc, device=features.device)
-    shares = rows = None
+    shares = rows = dlogits = None
     if deterministic:
-        shares = new_output(dlogits, (n, g, s * h, s * w, 4, kk))
-        rows = new_output(dlogits, (n, g, s * h, s * w, 4), dtype=torch.int64)
+        summed = torch.zeros(n * g * h * w, kk, dtype=acc, device=features.device)
+        shares = new_output(summed, (n, g, s * h, s * w, 4, kk))
+        rows = new_output(summed, (n, g, s * h, s * w, 4), dtype=torch.int64)
+    else:
+        dlogits = torch.zeros(kernel_logits.shape, dtype=acc, device=features.device)
     _mask_grad(grad_out, features, dk, kernel_size, g, s)
     _kernel_grad(dk, space, offsets, masks, dlogits, doffsets, shares, rows, kernel_size, g, s)
     _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
     if deterministic:
-        summed = torch.zeros(n * g * h * w, kk, dtype=acc, device=features.device)
         summed.index_add_(0, rows.view(-1), shares.view(-1, kk))
-        dlogits = summed.view(n, g, h, w, kk).permute(0, 1, 4, 2, 3).reshape(dlogits.shape)
+        summed = summed.view(n, g, h, w, kk).permute(0, 1, 4, 2, 3)
+    else:
+        summed = dlogits.view(n, g, kk, h, w)
+    dlogits_out = new_output(kernel_logits, kernel_logits.shape)
     # The softmax backward is dense in the reference: a group whose kernel space is NaN (a NaN or
     # +inf logit, or all -inf) has a NaN gradient even where no output samples it.
-    dlogits = dlogits.masked_fill(space.isnan(), float("nan"))
-    dlogits_out = new_output(kernel_logits, kernel_logits.shape)
-    dlogits_out.copy_(dlogits)
+    _logit_grad_out(summed, space, dlogits_out, kernel_size, g)
     return dfeatures, dlogits_out, doffsets
 
 
