@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_run.sh tests sweep compare bench   # tests, tile sweep, compare, benchmark suite
 #   bash benchmarks/gpu_run.sh props sanitize              # 600-case property sweep, compute-sanitizer
 #   bash benchmarks/gpu_run.sh profile                     # Nsight Compute, one launch of each kernel
+#   bash benchmarks/gpu_run.sh modules                     # the modules' time: host, kernels, idle (target 4)
 # The timeouts let three device calls (each under 10 minutes) do everything:
 #   tests bench  |  profile sanitize  |  props compare
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
@@ -18,6 +19,8 @@ for step in "$@"; do
       timeout 200 python3 -m pytest tests -n 12 -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
     compare)
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
+    modules)
+      timeout 200 python3 benchmarks/profile_modules.py --out "$OUT" 2>&1 | tee "$OUT/profile-modules-table.txt" | tail -18 ;;
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
