@@ -1,0 +1,142 @@
+"""Same-process A/B: this checkout's kernels against another version of them, on the same inputs.
+
+    python benchmarks/ab.py --export REV DIR      # DIR receives REV's dlu_triton/kernels (needs git)
+    python benchmarks/ab.py DIR [--ops dlu_backward] [--quick] [--out FILE]
+
+The device machine gets the working tree without .git, so export the old kernels first (into an
+untracked folder such as scratch/, which travels with the tree). For each anchor shape and op
+(the launchers `dlu_forward`, `carafe_forward`, `dlu_backward`, `carafe_backward`, each with all
+its launches) it times the old and the new version alternately, three rounds each, and reports
+the median of the rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall
+clock on CPU), new/old, the new version's fraction of the bandwidth floor (CUDA), and the
+largest relative difference between their outputs (|new - old| / max|old|, per output), so a
+faster but wrong variant shows. --quick: one tiny shape, one round, to try the script on CPU
+with TRITON_INTERPRET=1 (about a minute).
+"""
+import argparse
+import importlib
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+
+from dlu_triton import benchmark as B
+from dlu_triton.kernels import backward, forward
+
+OPS = ("dlu_forward", "carafe_forward", "dlu_backward", "carafe_backward")
+# (N, C, H, W, k, G, s, dtype): the anchors of docs/performance.md and the shapes earlier
+# versions lost on (few programs at C64 67x45, s >= 8)
+ANCHORS = [
+    (2, 256, 128, 128, 5, 1, 2, torch.float32), (8, 256, 100, 152, 5, 1, 2, torch.float32),
+    (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
+    (2, 256, 16, 16, 5, 1, 16, torch.float32), (2, 256, 24, 24, 5, 1, 16, torch.float32),
+    (2, 256, 128, 128, 3, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
+    (2, 64, 67, 45, 5, 1, 2, torch.float32),
+]
+QUICK = [(1, 4, 3, 4, 3, 2, 3, torch.float32)]
+ROUNDS = 3
+
+
+def export(rev, folder):
+    """REV's kernel files into `folder`, as an importable package."""
+    path = "dlu_triton/kernels"
+    names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:{path}"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        if name.endswith(".py"):
+            text = subprocess.run(["git", "show", f"{rev}:{path}/{name}"], capture_output=True, text=True, check=True).stdout
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+    print(f"{rev}'s {path} -> {folder}")
+
+
+def load(folder):
+    """The old version's forward and backward modules, imported from `folder` under its own name."""
+    name = "ab_old_kernels"
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module(f"{name}.forward"), importlib.import_module(f"{name}.backward")
+
+
+def calls(fwd, bwd, shape, device):
+    """{op: a no-argument call of that op} on one shared set of random inputs."""
+    n, c, h, w, k, g, s, dt = shape
+    torch.manual_seed(0)
+    x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, g, s, device, dt)
+    dy = torch.randn(n, c, s * h, s * w, device=device, dtype=dt)
+    return dict(
+        dlu_forward=lambda: fwd.dlu_forward(x, logits, offsets, k, g, s),
+        carafe_forward=lambda: fwd.carafe_forward(x, masks, k, g, s),
+        dlu_backward=lambda: bwd.dlu_backward(dy, x, logits, offsets, k, g, s),
+        carafe_backward=lambda: bwd.carafe_backward(dy, x, masks, k, g, s),
+    )
+
+
+def rel_diff(new, old):
+    new, old = (new,) if isinstance(new, torch.Tensor) else new, (old,) if isinstance(old, torch.Tensor) else old
+    return max(((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+               for a, b in zip(new, old))
+
+
+def floor_ms(op, shape, bandwidth):
+    if not bandwidth:
+        return None
+    n, c, h, w, k, g, s, dt = shape
+    count = B.dlu_bytes if op.startswith("dlu") else B.carafe_bytes
+    size = torch.empty((), dtype=dt).element_size()
+    return count(n, c, h, w, k, g, s, size, backward=op.endswith("backward")) / bandwidth * 1e3
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("old", nargs="?", help="folder with the old dlu_triton/kernels files")
+    p.add_argument("--export", nargs=2, metavar=("REV", "DIR"), help="write REV's kernels to DIR and stop")
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    p.add_argument("--quick", action="store_true", help="one tiny shape, one round (a CPU try-out)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", help="also write the table to this file")
+    args = p.parse_args()
+    if args.export:
+        return export(*args.export)
+    if not args.old:
+        p.error("give the old kernels' folder (or --export REV DIR)")
+    old_fwd, old_bwd = load(args.old)
+    device = torch.device(args.device)
+    bandwidth = B.copy_bandwidth(device) if device.type == "cuda" else None
+    info = B.env_info(device)
+    lines = [f"A/B {args.old} (old) vs this checkout (new): {info.get('gpu', info.get('cpu'))}, torch {info['torch']}, "
+             f"triton {info['triton']}, {info['date']}"
+             + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else ""),
+             "", "| shape | op | old ms | new ms | new/old | new of floor | max rel diff |", "|---|---|---|---|---|---|---|"]
+    for shape in QUICK if args.quick else ANCHORS:
+        n, c, h, w, k, g, s, dt = shape
+        label = f"N{n} C{c} {h}x{w} s{s} k{k} G{g} {str(dt)[6:]}"
+        new_calls, old_calls = calls(forward, backward, shape, device), calls(old_fwd, old_bwd, shape, device)
+        for op in args.ops:
+            diff = rel_diff(new_calls[op](), old_calls[op]())  # also the compile
+            times = {"old": [], "new": []}
+            for _ in range(1 if args.quick else ROUNDS):
+                for which, fn in (("old", old_calls[op]), ("new", new_calls[op])):
+                    times[which].append(B.time_ms(fn, device, reps=1 if args.quick else None)[0])
+            old_ms, new_ms = (statistics.median(times[v]) for v in ("old", "new"))
+            floor = floor_ms(op, shape, bandwidth)
+            share = f"{floor / new_ms:.0%}" if floor else "-"
+            lines.append(f"| {label} | {op} | {old_ms:.3f} | {new_ms:.3f} | {new_ms / old_ms:.2f} | {share} | {diff:.1e} |")
+            print(lines[-1], file=sys.stderr)
+        del new_calls, old_calls
+    text = "\n".join(lines)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
