@@ -93,7 +93,7 @@ def test_channels_last_and_strided_inputs(device, path):
     cl = [t.contiguous(memory_format=torch.channels_last) for t in inputs]
     out, grad, grads = run_dlu(cl, k, g, s)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    assert all(gr.is_contiguous(memory_format=torch.channels_last) for gr in grads)
     check_against_reference("dlu", cl, grad, out, grads, k, g, s)
     # Every other column of a wider tensor, and a transposed-then-transposed-back view.
     strided = [torch.cat([t, t], dim=3)[..., ::2] for t in inputs]
