@@ -36,18 +36,25 @@ the same layout (otherwise the aligned middle tap is vectorised into another lay
 through shared memory at every tap).
 Step 2: one program per (output row, BLOCK_P source pixels x s sub-pixel columns, group), the
 columns as one contiguous run.
-Step 3: one program per (input row, BLOCK_P input pixels, BLOCK_C channels). For each tap row,
-sub-pixel row and tap column it loads the dy run of the output pixels that read these inputs
-(consecutive columns) with their K, and accumulates dy * K into [BLOCK_C, columns]; the s
-sub-pixel columns of each input pixel are summed once at the end.
+Step 3: one program per (input row, window of BLOCK_P source pixels, BLOCK_C channels). For
+each tap row and sub-pixel row, SXB sub-pixel columns at a time, it loads the window's dy run
+once (consecutive columns) and K of each of the k tap columns, and adds dy * K, summed over the
+sub-pixel columns, into that tap column's accumulator [BLOCK_C, BLOCK_P] (v7 loaded the dy run
+again for every tap column, shifted by s columns). Input pixel p takes tap column kx's sums at
+source pixel p - (kx - R), so at the end each column's sums are shifted along the pixels
+(tl.gather, within a warp) and added: a window finishes the BLOCK_P - 2R pixels in its middle,
+and the next window starts BLOCK_P - 2R pixels on. Layout note: a step's K run is at most 64
+columns, no more than the tile's lanes hold twice over, and the compiler then lays it out as a
+slice of the dy tile's layout; a longer run it spreads over all the threads and moves through
+shared memory at every tap.
 """
 import torch
 import triton
 import triton.language as tl
 
 from .common import (
-    FEATURE_GRAD_COLUMNS, KERNEL_GRAD_COLUMNS, acc_dtype, accumulator, corner_probs, grad_blocks, index_dtype,
-    kernel_space, mask_grad_blocks, new_output, sampling_point, subpixel_columns, taps_padded,
+    acc_dtype, accumulator, corner_probs, feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space,
+    mask_grad_blocks, new_output, sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -212,58 +219,79 @@ def _kernel_grad_kernel(
                       p11, w11, dk, q_ok, qj_ok, live, ATOMIC)
 
 
-@triton.jit(do_not_specialize=["H", "W", "CPG"])
+@triton.jit(do_not_specialize=["H", "W", "CPG", "STEP"])
 def _feature_grad_kernel(
     gy_ptr, k_ptr, dx_ptr,  # dy; K (masks); features gradient
     sgn, sgc, sgy, sgx,  # dy strides
     skn, skc, sky, skx,  # K strides
     sdn, sdc, sdy, sdx,  # features-gradient strides
     H, W, CPG,  # low-resolution size, channels per group
-    S: tl.constexpr,  # scale factor (constexpr: output columns qx*s + sx must look contiguous)
-    SXP: tl.constexpr,  # s rounded up to a power of two
+    STEP,  # input pixels a program finishes: BLOCK_P - 2*(k//2)
+    S: tl.constexpr,  # scale factor (constexpr: output columns q*s + sx must look like aligned runs)
+    SXB: tl.constexpr,  # sub-pixel columns a step (1 or 2, dividing s)
     KS: tl.constexpr,  # kernel size k
-    BLOCK_P: tl.constexpr,  # input pixels (of one row) per program
+    KXP: tl.constexpr,  # k rounded up to a power of two
+    BLOCK_P: tl.constexpr,  # source pixels (of one row) in a program's window
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
-    M: tl.constexpr = BLOCK_P * SXP
-    n_pblocks = tl.cdiv(W, BLOCK_P)
+    M: tl.constexpr = BLOCK_P * SXB
+    n_pblocks = tl.cdiv(W, STEP)
     n_cblocks = tl.cdiv(CPG, BLOCK_C)
     row = tl.program_id(0) // n_pblocks  # n * H + iy
     iy = (row % H).to(IDX)
     n = (row // H).to(IDX)
-    ix0 = ((tl.program_id(0) % n_pblocks) * BLOCK_P).to(IDX)
+    p0 = ((tl.program_id(0) % n_pblocks) * STEP).to(IDX)  # the first input pixel it finishes
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
     c_ok = cg < CPG
-    # column m of the tile: input pixel p, sub-pixel column m % SXP of the output pixels that
-    # read it; the sub-pixel columns are summed at the end
-    p, _, _, p_ok = subpixel_columns(ix0, W, S, SXP, M)
+    # The window: source pixels q = p0 - R + i; a step reads SXB sub-pixel columns of each,
+    # column m = (i, sub-pixel column) of the tile
+    m = tl.arange(0, M)
+    q = p0 - R + m // SXB
+    q_ok = (q >= 0) & (q < W)
 
-    acc = tl.zeros((BLOCK_C, M), dtype=ACC)
-    gy_base = gy_ptr + n * sgn + (c * sgc)[:, None]
+    kx_i = tl.arange(0, KXP)[:, None, None]
+    acc = tl.zeros((KXP, BLOCK_C, BLOCK_P), dtype=ACC)  # [tap column, channel, source pixel]
+    gy_base_t = gy_ptr + n * sgn + (c * sgc)[None, :]
     k_base = k_ptr + n * skn + g * KK * skc
     for ky in range(KS):
         # The output pixels whose tap (ky, kx) reads pixel p have source pixel p - d.
         qy = iy - (ky - R)
         for sy in range(S):
             oy = qy * S + sy
-            for kx in range(KS):
-                # (names not bound before the loop: the compiler would carry them through it)
-                qx, qsx, ox, qx_ok = subpixel_columns(ix0 - (kx - R), W, S, SXP, M)
-                q_ok = tl.where((qy >= 0) & (qy < H), p_ok & (qx >= 0) & qx_ok, False)
-                kj = tl.load(k_base + (ky * KS + kx) * skc + oy * sky + ox * skx, mask=q_ok, other=0.0)
-                dy = tl.load(gy_base + (oy * sgy + ox * sgx)[None, :], mask=c_ok[:, None] & q_ok[None, :], other=0.0)
-                acc += dy.to(ACC) * kj.to(ACC)[None, :]
+            for sx0 in range(0, S, SXB):
+                sx = sx0 + m % SXB
+                ox = q * S + sx
+                ok = tl.where((qy >= 0) & (qy < H), q_ok, False)
+                # loaded as [columns, channels] and permuted: with s odd no axis is contiguous,
+                # and the compiler would put the lanes along the first (the layout note above)
+                dy = tl.load(gy_base_t + (oy * sgy + ox * sgx)[:, None], mask=ok[:, None] & c_ok[None, :], other=0.0)
+                dy = tl.permute(dy.to(ACC), (1, 0))  # read once for the k tap columns
+                for kx in tl.static_range(KS):
+                    kj = tl.load(k_base + (ky * KS + kx) * skc + oy * sky + ox * skx, mask=ok, other=0.0)
+                    part = tl.sum(tl.reshape(dy * kj.to(ACC)[None, :], (BLOCK_C, BLOCK_P, SXB)), axis=2)
+                    # kx is a compile-time constant and the tap axis lies in each thread's
+                    # registers, so the select folds away
+                    acc += tl.where(kx_i == kx, part[None, :, :], 0.0)
 
-    dx = tl.sum(tl.reshape(acc, (BLOCK_C, BLOCK_P, SXP)), axis=2)
-    ix = ix0 + tl.arange(0, BLOCK_P)
+    # Input pixel i of the window receives tap column kx from source pixel i - (kx - R): shift
+    # each column's sums along the pixels (within a warp) and add them; only the middle
+    # BLOCK_P - 2R pixels have all their sources in the window.
+    i = tl.arange(0, BLOCK_P)
+    dx = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+    for kx in tl.static_range(KS):
+        column = tl.sum(tl.where(kx_i == kx, acc, 0.0), axis=0)
+        source = tl.minimum(tl.maximum(i - (kx - R), 0), BLOCK_P - 1)
+        dx += tl.gather(column, tl.broadcast_to(source[None, :], (BLOCK_C, BLOCK_P)), axis=1)
+    ix = p0 - R + i
+    keep = (i >= R) & (i < BLOCK_P - R) & (ix < W)
     out = dx_ptr + n * sdn + c[:, None] * sdc + (iy * sdy + ix * sdx)[None, :]
-    tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & (ix < W)[None, :])
+    tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & keep[None, :])
 
 
 @triton.jit(do_not_specialize=["TOTAL", "H", "W", "G"])
@@ -316,7 +344,7 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
         shares = rows = dlogits  # the atomic kernel never reads them
     else:
         dlogits = space  # nor the deterministic one this
-    _, block_p = grad_blocks(1, w, s, KERNEL_GRAD_COLUMNS)
+    block_p = kernel_grad_pixels(w, s)
     grid = (n * s * h * triton.cdiv(w, block_p), group_size)
     tensors = (dk, space, offsets, k_out, dlogits, doffsets)
     _kernel_grad_kernel[grid](
@@ -333,12 +361,14 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
     s = scale_factor
-    block_c, block_p = grad_blocks(cpg, w, s, FEATURE_GRAD_COLUMNS)
-    grid = (n * h * triton.cdiv(w, block_p), group_size * triton.cdiv(cpg, block_c))
+    block_c, block_p, sxb = feature_grad_blocks(cpg, w, s, kernel_size)
+    step = block_p - 2 * (kernel_size // 2)
+    grid = (n * h * triton.cdiv(w, step), group_size * triton.cdiv(cpg, block_c))
     _feature_grad_kernel[grid](
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
-        h, w, cpg,
-        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, BLOCK_P=block_p, BLOCK_C=block_c,
+        h, w, cpg, step,
+        S=s, SXB=sxb, KS=kernel_size, KXP=triton.next_power_of_2(kernel_size),
+        BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
         num_warps=4,
     )

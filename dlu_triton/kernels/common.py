@@ -123,11 +123,11 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     return block_c, block_p, block_sy, 4
 
 
-# Output columns a program of DLU's kernel-gradient step covers (its [columns, k*k] tiles of dK,
-# the corners' probabilities and their products). The features gradient keeps [BLOCK_C, columns]
-# accumulators and reads every dy row it needs in runs of this length.
-KERNEL_GRAD_COLUMNS = 32
-FEATURE_GRAD_COLUMNS = 64
+def kernel_grad_pixels(row_length, scale_factor):
+    """BLOCK_P of DLU's kernel-gradient step: a program's source pixels, each with its s
+    sub-pixel columns (s padded to a power of two), about 32 output columns of [columns, k*k]
+    tiles (dK, the corners' probabilities and their products), at least one pixel."""
+    return max(1, min(32 // triton.next_power_of_2(scale_factor), triton.next_power_of_2(row_length)))
 
 
 def mask_grad_blocks(channels_per_group, row_length, scale_factor):
@@ -141,13 +141,19 @@ def mask_grad_blocks(channels_per_group, row_length, scale_factor):
     return block_c, block_p, sxb
 
 
-def grad_blocks(channels_per_group, row_length, scale_factor, columns):
-    """The kernel- and features-gradient tiles: (BLOCK_C, BLOCK_P), a program's [BLOCK_C
-    channels (the features gradient's; the kernel gradient has none), BLOCK_P source
-    pixels x s sub-pixel columns] (s padded to a power of two): about `columns` output columns,
-    at least one pixel, up to 64 channels and 4096 fp32 accumulators (32 registers a thread at
-    4 warps)."""
-    sxp = triton.next_power_of_2(scale_factor)
-    block_p = max(1, min(columns // sxp, triton.next_power_of_2(row_length)))
-    block_c = min(triton.next_power_of_2(channels_per_group), 64, max(1, 4096 // (block_p * sxp)))
-    return block_c, block_p
+def feature_grad_blocks(channels_per_group, row_length, scale_factor, kernel_size):
+    """The features gradient's tiles: (BLOCK_C, BLOCK_P, SXB), a program's BLOCK_C channels and
+    a window of BLOCK_P source pixels, of which it finishes the BLOCK_P - 2*(k//2) in the middle,
+    read SXB sub-pixel columns at a time (2 when s is even: aligned pairs, else 1). A step's
+    BLOCK_P * SXB columns then stay within the tile's lanes twice over, so each tap's K run is
+    laid out as a slice of the dy tile's layout [BLOCK_C, columns] (lanes along the columns,
+    warps along the channels; a longer run the compiler spreads over all 128 threads and moves
+    through shared memory at every tap), and the accumulators [k padded to a power of two,
+    BLOCK_C, BLOCK_P] stay within 8192 (64 fp32 registers a thread at 4 warps). The window
+    shrinks to the row and its halo when the row is short."""
+    halo = 2 * (kernel_size // 2)
+    sxb = 2 if scale_factor % 2 == 0 else 1
+    block_p = max(triton.next_power_of_2(halo + 1), min(32, triton.next_power_of_2(row_length + halo)))
+    block_c = max(1, min(triton.next_power_of_2(channels_per_group), 32,
+                         8192 // (triton.next_power_of_2(kernel_size) * block_p)))
+    return block_c, block_p, sxb

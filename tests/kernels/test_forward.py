@@ -69,9 +69,14 @@ def test_tiles_fit():
         for row in (1, 17, 64, 1000):
             for s in (1, 2, 3, 4, 8, 16, 64, 1000):
                 sxp = triton.next_power_of_2(s)
-                for columns in (common.KERNEL_GRAD_COLUMNS, common.FEATURE_GRAD_COLUMNS):
-                    block_c, block_p = common.grad_blocks(cpg, row, s, columns)
-                    assert block_c * block_p * sxp <= max(4096, sxp) and 1 <= block_p <= triton.next_power_of_2(row)
+                block_p = common.kernel_grad_pixels(row, s)
+                assert block_p * sxp <= max(32, sxp) and 1 <= block_p <= triton.next_power_of_2(row)
+                for k in (1, 3, 5, 7, 9):
+                    block_c, block_p, sxb = common.feature_grad_blocks(cpg, row, s, k)
+                    halo = 2 * (k // 2)
+                    assert block_p > halo and block_p <= max(32, triton.next_power_of_2(halo + 1))
+                    assert block_c * triton.next_power_of_2(k) * block_p <= 8192 and block_c <= min(32, triton.next_power_of_2(cpg))
+                    assert s % sxb == 0 and sxb in (1, 2)
                 block_c, block_p, block_sy, warps = common.forward_blocks(cpg, row, s)
                 assert block_c * block_p * block_sy * sxp <= 8192 and block_sy <= sxp
                 assert block_p <= triton.next_power_of_2(row) and warps in (4, 8)
