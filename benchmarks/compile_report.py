@@ -38,7 +38,7 @@ KERNELS = (forward._reassemble_kernel, backward._mask_grad_kernel, backward._ker
 def specialise(fn, args, kwargs):
     """ASTSource and options for one caught launch, as the JIT would build them."""
     kwargs = dict(kwargs)
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
     kwargs.pop("grid")
     kwargs.pop("warmup")
     bound = dict(zip(fn.arg_names, args), **kwargs)

@@ -53,8 +53,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    acc_dtype, accumulator, corner_probs, feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space,
-    mask_grad_blocks, new_output, sampling_point, subpixel_columns, taps_padded,
+    LAUNCH, acc_dtype, accumulator, corner_probs, feature_grad_blocks, index_dtype, kernel_grad_pixels,
+    kernel_space, mask_grad_blocks, new_output, sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -328,7 +328,7 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
         h, w, c // group_size, block_p,
         S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
-        num_warps=1,
+        num_warps=1, **LAUNCH,
     )
 
 
@@ -353,7 +353,7 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
         S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
         ATOMIC=int(atomic), BLOCK_P=block_p,
         ACC=acc_dtype(dk), IDX=index_dtype(*tensors, shares),
-        num_warps=4,
+        num_warps=4, **LAUNCH,
     )
 
 
@@ -370,7 +370,7 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
         S=s, SXB=sxb, KS=kernel_size, KXP=triton.next_power_of_2(kernel_size),
         BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
-        num_warps=4,
+        num_warps=4, **LAUNCH,
     )
 
 
@@ -383,7 +383,7 @@ def _logit_grad_out(summed, space, out, kernel_size, group_size):
     _logit_grad_out_kernel[(triton.cdiv(out.numel(), block),)](
         summed, space, out, *summed.stride(), *space.stride(), *out.stride(),
         out.numel(), h, w, group_size,
-        KK=kernel_size * kernel_size, BLOCK=block, IDX=index_dtype(summed, space, out),
+        KK=kernel_size * kernel_size, BLOCK=block, IDX=index_dtype(summed, space, out), **LAUNCH,
     )
 
 

@@ -71,6 +71,12 @@ def corner_probs(p_base, corner, g, ok, spc, KK: tl.constexpr, KKP: tl.constexpr
     return v.to(ACC)
 
 
+# Launch options of every kernel. FMA contraction is asked for explicitly: Triton 3.9 warns that
+# its default turns it off in 3.10, which would split each multiply-add in two (slower, and a
+# different rounding from the one the tolerances were set on).
+LAUNCH = dict(enable_fp_fusion=True)
+
+
 def output_format(like):
     """channels_last when `like` is (unambiguously) channels_last, as convolutions do."""
     if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():

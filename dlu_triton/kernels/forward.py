@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .common import (
-    acc_dtype, forward_blocks, index_dtype, kernel_space, new_output, sampling_point, subpixel_columns,
+    LAUNCH, acc_dtype, forward_blocks, index_dtype, kernel_space, new_output, sampling_point, subpixel_columns,
 )
 
 
@@ -147,7 +147,7 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
         S=s, SXP=triton.next_power_of_2(s), KS=kernel_size,
         SAMPLED=int(sampled), BLOCK_P=block_p, BLOCK_SY=block_sy, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
-        num_warps=warps,
+        num_warps=warps, **LAUNCH,
     )
     return out
 
