@@ -48,3 +48,20 @@ def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):  # n
     grads = backward.dlu_backward(grad, *inputs, 3, 1, 2)
     assert torch.equal(grad, before)
     assert all(gr.data_ptr() != grad.data_ptr() for gr in grads)
+
+
+# Rows spanning several overlapping windows of the features gradient (a window of 32 source
+# pixels finishes the 32 - 2*(k//2) in its middle), the last window partly past the row.
+WINDOWS = [(1, 3, 1, 61, 7, 1, 2), (1, 2, 2, 29, 5, 1, 1), (1, 2, 1, 57, 3, 1, 3)]
+
+
+@pytest.mark.parametrize("shape", WINDOWS, ids=str)
+def test_features_gradient_windows(kernel_device, shape):  # noqa: F811
+    n, c, h, w, k, g, s = shape
+    dt = dtype_for(kernel_device)
+    features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
+    grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=kernel_device)
+    got = torch.full_like(features, float("nan"))
+    backward._feature_grad(grad, masks, got, k, g, s)
+    expected = reference.carafe_backward(grad.double(), features.double(), masks.double(), k, g, s)[0]
+    assert_close("grad features", got, expected)
