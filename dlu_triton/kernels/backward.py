@@ -341,9 +341,9 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
     s = scale_factor
     atomic = shares is None
     if atomic:
-        shares = rows = dlogits  # the atomic kernel never reads them
+        shares = rows = dlogits  # placeholders: the atomic kernel never reads them
     else:
-        dlogits = space  # nor the deterministic one this
+        dlogits = space  # a placeholder: the deterministic kernel never touches dlogits
     block_p = kernel_grad_pixels(w, s)
     grid = (n * s * h * triton.cdiv(w, block_p), group_size)
     tensors = (dk, space, offsets, k_out, dlogits, doffsets)
@@ -378,7 +378,7 @@ def _logit_grad_out(summed, space, out, kernel_size, group_size):
     """out receives the logits' gradient from `summed`, viewed [N, G, k*k, H, W] (either
     summation's buffer, any strides), NaN where the kernel space is NaN: one pass instead of
     isnan, masked_fill and a dtype copy."""
-    n, _, h, w = out.shape
+    _, _, h, w = out.shape
     block = 1024
     _logit_grad_out_kernel[(triton.cdiv(out.numel(), block),)](
         summed, space, out, *summed.stride(), *space.stride(), *out.stride(),
