@@ -272,12 +272,19 @@ def _feature_grad_kernel(
                 # and the compiler would put the lanes along the first (the layout note above)
                 dy = tl.load(gy_base_t + (oy * sgy + ox * sgx)[:, None], mask=ok[:, None] & c_ok[None, :], other=0.0)
                 dy = tl.permute(dy.to(ACC), (1, 0))  # read once for the k tap columns
+                if SXB == 2:
+                    dy0, dy1 = tl.split(tl.reshape(dy, (BLOCK_C, BLOCK_P, 2)))
                 for kx in tl.static_range(KS):
                     kj = tl.load(k_base + (ky * KS + kx) * skc + oy * sky + ox * skx, mask=ok, other=0.0)
-                    part = tl.sum(tl.reshape(dy * kj.to(ACC)[None, :], (BLOCK_C, BLOCK_P, SXB)), axis=2)
+                    kj = kj.to(ACC)
                     # kx is a compile-time constant and the tap axis lies in each thread's
-                    # registers, so the select folds away
-                    acc += tl.where(kx_i == kx, part[None, :, :], 0.0)
+                    # registers, so the selects fold away: one FMA a multiply-add
+                    if SXB == 2:
+                        k0, k1 = tl.split(tl.reshape(kj, (BLOCK_P, 2)))
+                        acc += tl.where(kx_i == kx, (dy0 * k0[None, :])[None, :, :], 0.0)
+                        acc += tl.where(kx_i == kx, (dy1 * k1[None, :])[None, :, :], 0.0)
+                    else:
+                        acc += tl.where(kx_i == kx, (dy * kj[None, :])[None, :, :], 0.0)
 
     # Input pixel i of the window receives tap column kx from source pixel i - (kx - R): shift
     # each column's sums along the pixels (within a warp) and add them; only the middle
