@@ -65,12 +65,17 @@ def load(folder):
     return importlib.import_module(f"{name}.forward"), importlib.import_module(f"{name}.backward")
 
 
-def calls(fwd, bwd, shape, device):
-    """{op: a no-argument call of that op} on one shared set of random inputs."""
+def inputs(shape, device):
+    """Random features, logits, offsets, masks and output gradient for one shape."""
     n, c, h, w, k, g, s, dt = shape
     torch.manual_seed(0)
-    x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, g, s, device, dt)
-    dy = torch.randn(n, c, s * h, s * w, device=device, dtype=dt)
+    return (*B.op_inputs(n, c, h, w, k, g, s, device, dt), torch.randn(n, c, s * h, s * w, device=device, dtype=dt))
+
+
+def calls(fwd, bwd, shape, tensors):
+    """{op: a no-argument call of that op} of one version on the shared inputs."""
+    *_, k, g, s, _ = shape
+    x, logits, offsets, masks, dy = tensors
     return dict(
         dlu_forward=lambda: fwd.dlu_forward(x, logits, offsets, k, g, s),
         carafe_forward=lambda: fwd.carafe_forward(x, masks, k, g, s),
@@ -118,7 +123,8 @@ def main():
     for shape in QUICK if args.quick else ANCHORS:
         n, c, h, w, k, g, s, dt = shape
         label = f"N{n} C{c} {h}x{w} s{s} k{k} G{g} {str(dt)[6:]}"
-        new_calls, old_calls = calls(forward, backward, shape, device), calls(old_fwd, old_bwd, shape, device)
+        tensors = inputs(shape, device)
+        new_calls, old_calls = calls(forward, backward, shape, tensors), calls(old_fwd, old_bwd, shape, tensors)
         for op in args.ops:
             diff = rel_diff(new_calls[op](), old_calls[op]())  # also the compile
             times = {"old": [], "new": []}
@@ -130,7 +136,7 @@ def main():
             share = f"{floor / new_ms:.0%}" if floor else "-"
             lines.append(f"| {label} | {op} | {old_ms:.3f} | {new_ms:.3f} | {new_ms / old_ms:.2f} | {share} | {diff:.1e} |")
             print(lines[-1], file=sys.stderr)
-        del new_calls, old_calls
+        del new_calls, old_calls, tensors
     text = "\n".join(lines)
     if args.out:
         with open(args.out, "w") as f:

@@ -43,7 +43,8 @@ def host_ms(fn, device):
 
 
 def kernels_per_call(fn, device):
-    """{kernel name: (launches, device ms)} per call, and the profiler's operator table."""
+    """{kernel name: (launches, device ms)} per call, and the profile (for its operator table
+    where there are no kernels)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(RUNS):
@@ -54,23 +55,21 @@ def kernels_per_call(fn, device):
         if e.device_type == DeviceType.CUDA:
             launches[e.name] += 1
             ms[e.name] += e.time_range.elapsed_us() / 1e3
-    kernels = {name: (launches[name] / RUNS, ms[name] / RUNS) for name in launches}
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    return kernels, table
+    return {name: (launches[name] / RUNS, ms[name] / RUNS) for name in launches}, prof
 
 
 def profile_call(label, fn, device, log):
     fn()  # compile, autotune the convolutions, allocate
     median = B.time_ms(fn, device, reps=RUNS)[0]
     host = host_ms(fn, device)
-    kernels, table = kernels_per_call(fn, device)
+    kernels, prof = kernels_per_call(fn, device)
     total = sum(t for _, t in kernels.values())
     log(f"## {label}: median {median:.3f} ms, host {host:.3f} ms, kernels {total:.3f} ms "
         f"in {sum(n for n, _ in kernels.values()):.0f} launches")
     for name, (n, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1]):
         log(f"  {t * 1e3:8.1f} us  x{n:4.1f}  {name[:110]}")
     if not kernels:
-        log(table)
+        log(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return dict(median=median, host=host, kernels=total if kernels else None,
                 launches=sum(n for n, _ in kernels.values()))
 
@@ -92,18 +91,8 @@ def main():
     for s in args.scales:
         h = max(1, size // s)
         x = torch.randn(n, c, h, h, device=device)
-        grad = torch.randn(n, c, s * h, s * h, device=device)
         for method in ("CARAFEPack", "DLU"):
-            module = B.upsampler(method, c, s).to(device)
-            xg = x.clone().requires_grad_()
-
-            def fwd():
-                with torch.no_grad():
-                    module(x)
-
-            def fwd_bwd():
-                module(xg).backward(grad)
-
+            fwd, fwd_bwd = B.module_calls(method, s, x)
             for pass_, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                 r = profile_call(f"{method} {s}x {pass_} (input {n}x{c}x{h}x{h})", fn, device, log)
                 rows.append((s, method, pass_, r))

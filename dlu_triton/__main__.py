@@ -40,18 +40,7 @@ def measure_scale(args, scale, bandwidth, log):
     rows = {}
     for method in B.METHODS:
         log(f"  s={scale} {method} ...")
-        module = B.upsampler(method, c, scale).to(dev, dtype)
-        xg = x.clone().requires_grad_()
-        # A real gradient: out.sum()'s is a stride-0 tensor of ones, which flatters every kernel.
-        grad = torch.randn(n, c, scale * h, scale * w, device=dev, dtype=dtype)
-
-        def fwd():
-            with torch.no_grad():
-                module(x)
-
-        def fwd_bwd():
-            module(xg).backward(grad)
-
+        fwd, fwd_bwd = B.module_calls(method, scale, x)
         row = dict(params=B.method_params(method, c, scale), gflops=B.method_flops(method, c, scale, h, w, n) / 1e9,
                    fwd_ms=B.time_ms(fwd, dev))
         if not args.forward_only:

@@ -96,6 +96,25 @@ def upsampler(method, channels, scale):
     return torch.nn.Upsample(scale_factor=scale, mode=mode, **kwargs)
 
 
+def module_calls(method, scale, x):
+    """`method`'s module for x's channels and scale, on x's device and dtype, and its two timed
+    calls: the forward without autograd, and forward+backward of a random gradient (out.sum()'s
+    is a stride-0 tensor of ones, which flatters every kernel)."""
+    n, c, h, w = x.shape
+    module = upsampler(method, c, scale).to(x.device, x.dtype)
+    xg = x.clone().requires_grad_()
+    grad = torch.randn(n, c, scale * h, scale * w, device=x.device, dtype=x.dtype)
+
+    def fwd():
+        with torch.no_grad():
+            module(x)
+
+    def fwd_bwd():
+        module(xg).backward(grad)
+
+    return fwd, fwd_bwd
+
+
 def method_flops(method, channels, scale, height, width, batch):
     return dict(DLU=flops.dlu_flops, CARAFEPack=flops.carafe_flops, bilinear=flops.bilinear_flops,
                 nearest=flops.nearest_flops)[method](channels, scale, height, width, batch)
