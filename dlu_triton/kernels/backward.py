@@ -262,12 +262,11 @@ def _feature_grad_kernel(
     for ky in range(KS):
         # The output pixels whose tap (ky, kx) reads pixel p have source pixel p - d.
         qy = iy - (ky - R)
+        ok = tl.where((qy >= 0) & (qy < H), q_ok, False)
         for sy in range(S):
             oy = qy * S + sy
             for sx0 in range(0, S, SXB):
-                sx = sx0 + m % SXB
-                ox = q * S + sx
-                ok = tl.where((qy >= 0) & (qy < H), q_ok, False)
+                ox = q * S + sx0 + m % SXB
                 # loaded as [columns, channels] and permuted: with s odd no axis is contiguous,
                 # and the compiler would put the lanes along the first (the layout note above)
                 dy = tl.load(gy_base_t + (oy * sgy + ox * sgx)[:, None], mask=ok[:, None] & c_ok[None, :], other=0.0)
