@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_run.sh props sanitize              # 600-case property sweep, compute-sanitizer
 #   bash benchmarks/gpu_run.sh profile                     # Nsight Compute, one launch of each kernel
 #   bash benchmarks/gpu_run.sh modules                     # the modules' time: host, kernels, idle (target 4)
+#   bash benchmarks/gpu_run.sh host                        # host time of each layer of a call (launch, op, autograd)
 #   AB_OLD=DIR bash benchmarks/gpu_run.sh ab               # A/B against DIR (from benchmarks/ab.py --export REV DIR)
 # The timeouts let three device calls (each under 10 minutes) do everything:
 #   tests bench  |  profile sanitize  |  props compare
@@ -22,6 +23,8 @@ for step in "$@"; do
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
     modules)
       timeout 200 python3 benchmarks/profile_modules.py --out "$OUT" 2>&1 | tee "$OUT/profile-modules-table.txt" | tail -18 ;;
+    host)
+      timeout 200 python3 benchmarks/host_costs.py --out "$OUT/host-costs.md" 2>/dev/null | tail -24 ;;
     ab)
       timeout 500 python3 benchmarks/ab.py "${AB_OLD:?set AB_OLD to the exported old kernels}" --out "$OUT/ab.md" 2>/dev/null | tail -40 ;;
     sweep)

@@ -53,8 +53,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, acc_dtype, accumulator, corner_probs, feature_grad_blocks, index_dtype, kernel_grad_pixels,
-    kernel_space, mask_grad_blocks, new_output, sampling_point, subpixel_columns, taps_padded,
+    LAUNCH, acc_dtype, accumulator, cdiv, corner_probs, feature_grad_blocks, index_dtype, kernel_grad_pixels,
+    kernel_space, mask_grad_blocks, new_output, pow2, sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -328,7 +328,7 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     n, c, h, w = features.shape
     s = scale_factor
     block_c, block_p, sxb = mask_grad_blocks(c // group_size, w, s)
-    grid = (n * s * h * triton.cdiv(w, block_p) * triton.cdiv(s, sxb), group_size)
+    grid = (n * s * h * cdiv(w, block_p) * cdiv(s, sxb), group_size)
     _mask_grad_kernel[grid](
         grad_out, features, dk, *grad_out.stride(), *features.stride(), *dk.stride(),
         h, w, c // group_size, block_p,
@@ -351,12 +351,12 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
     else:
         dlogits = space  # a placeholder: the deterministic kernel never touches dlogits
     block_p = kernel_grad_pixels(w, s)
-    grid = (n * s * h * triton.cdiv(w, block_p), group_size)
+    grid = (n * s * h * cdiv(w, block_p), group_size)
     tensors = (dk, space, offsets, k_out, dlogits, doffsets)
     _kernel_grad_kernel[grid](
         *tensors, shares, rows, *(st for t in tensors for st in t.stride()),
         h, w,
-        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
+        S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
         ATOMIC=int(atomic), BLOCK_P=block_p,
         ACC=acc_dtype(dk), IDX=index_dtype(*tensors, shares),
         num_warps=4, **LAUNCH,
@@ -369,11 +369,11 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
     s = scale_factor
     block_c, block_p, sxb = feature_grad_blocks(cpg, w, s, kernel_size)
     step = block_p - 2 * (kernel_size // 2)
-    grid = (n * h * triton.cdiv(w, step), group_size * triton.cdiv(cpg, block_c))
+    grid = (n * h * cdiv(w, step), group_size * cdiv(cpg, block_c))
     _feature_grad_kernel[grid](
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
         h, w, cpg, step,
-        S=s, SXB=sxb, KS=kernel_size, KXP=triton.next_power_of_2(kernel_size),
+        S=s, SXB=sxb, KS=kernel_size, KXP=pow2(kernel_size),
         BLOCK_P=block_p, BLOCK_C=block_c,
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
         num_warps=4, **LAUNCH,
@@ -386,7 +386,7 @@ def _logit_grad_out(summed, space, out, kernel_size, group_size):
     isnan, masked_fill and a dtype copy."""
     _, _, h, w = out.shape
     block = 1024
-    _logit_grad_out_kernel[(triton.cdiv(out.numel(), block),)](
+    _logit_grad_out_kernel[(cdiv(out.numel(), block),)](
         summed, space, out, *summed.stride(), *space.stride(), *out.stride(),
         out.numel(), h, w, group_size,
         KK=kernel_size * kernel_size, BLOCK=block, IDX=index_dtype(summed, space, out), **LAUNCH,

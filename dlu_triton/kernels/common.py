@@ -107,8 +107,20 @@ def index_dtype(*tensors):
     return tl.int64 if far >= 2**31 else tl.int32
 
 
+# Host-side arithmetic for the launchers. triton.next_power_of_2 and triton.cdiv are constexpr
+# functions that cost ~3.5 us a call from Python (triton 3.6 and 3.9), and a launcher made up to
+# ten such calls: on a GPU machine's slower host that was a large share of each launch.
+def pow2(n):
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
 def taps_padded(kernel_size):
-    return triton.next_power_of_2(kernel_size * kernel_size)
+    return pow2(kernel_size * kernel_size)
 
 
 def forward_blocks(channels_per_group, row_length, scale_factor):
@@ -122,10 +134,10 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     (docs/results/h100-forward-v10.md) 16 sub-pixels a thread and 64 channels ran fastest at
     s >= 4. At s = 2, 32 channels beat 64 by 5% at N2 128x128 but lost 10% at N8 100x152.
     """
-    sxp = triton.next_power_of_2(scale_factor)
+    sxp = pow2(scale_factor)
     block_sy = max(1, min(sxp, 16 // sxp))
-    block_c = max(1, min(triton.next_power_of_2(channels_per_group), 64, 8192 // (block_sy * sxp)))
-    block_p = max(1, min(32, triton.next_power_of_2(row_length), 8192 // (block_sy * sxp * block_c)))
+    block_c = max(1, min(pow2(channels_per_group), 64, 8192 // (block_sy * sxp)))
+    block_p = max(1, min(32, pow2(row_length), 8192 // (block_sy * sxp * block_c)))
     return block_c, block_p, block_sy, 4
 
 
@@ -133,7 +145,7 @@ def kernel_grad_pixels(row_length, scale_factor):
     """BLOCK_P of DLU's kernel-gradient step: a program's source pixels, each with its s
     sub-pixel columns (s padded to a power of two), about 32 output columns of [columns, k*k]
     tiles (dK, the corners' probabilities and their products), at least one pixel."""
-    return max(1, min(32 // triton.next_power_of_2(scale_factor), triton.next_power_of_2(row_length)))
+    return max(1, min(32 // pow2(scale_factor), pow2(row_length)))
 
 
 def mask_grad_blocks(channels_per_group, row_length, scale_factor):
@@ -141,9 +153,9 @@ def mask_grad_blocks(channels_per_group, row_length, scale_factor):
     pixels (one a lane, up to 32) x SXB sub-pixel columns (up to 2) of one output row, with the
     channels looped BLOCK_C at a time. A thread holds its pixel's dK [k*k, SXB] (64 fp32
     registers at SXB = 2) and the step's dy [BLOCK_C, SXB]."""
-    sxb = min(triton.next_power_of_2(scale_factor), 2)
-    block_p = min(32, triton.next_power_of_2(row_length))
-    block_c = min(triton.next_power_of_2(channels_per_group), 8)
+    sxb = min(pow2(scale_factor), 2)
+    block_p = min(32, pow2(row_length))
+    block_c = min(pow2(channels_per_group), 8)
     return block_c, block_p, sxb
 
 
@@ -159,7 +171,7 @@ def feature_grad_blocks(channels_per_group, row_length, scale_factor, kernel_siz
     shrinks to the row and its halo when the row is short."""
     halo = 2 * (kernel_size // 2)
     sxb = 2 if scale_factor % 2 == 0 else 1
-    block_p = max(triton.next_power_of_2(halo + 1), min(32, triton.next_power_of_2(row_length + halo)))
-    block_c = max(1, min(triton.next_power_of_2(channels_per_group), 32,
-                         8192 // (triton.next_power_of_2(kernel_size) * block_p)))
+    block_p = max(pow2(halo + 1), min(32, pow2(row_length + halo)))
+    block_c = max(1, min(pow2(channels_per_group), 32,
+                         8192 // (pow2(kernel_size) * block_p)))
     return block_c, block_p, sxb

@@ -35,7 +35,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, acc_dtype, forward_blocks, index_dtype, kernel_space, new_output, sampling_point, subpixel_columns,
+    LAUNCH, acc_dtype, cdiv, forward_blocks, index_dtype, kernel_space, new_output, pow2, sampling_point,
+    subpixel_columns,
 )
 
 
@@ -139,12 +140,12 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     off = offsets if sampled else kernels  # CARAFE never reads it
     cpg = c // group_size
     block_c, block_p, block_sy, warps = forward_blocks(cpg, w, s)
-    grid = (n * h * triton.cdiv(w, block_p) * triton.cdiv(s, block_sy), group_size * triton.cdiv(cpg, block_c))
+    grid = (n * h * cdiv(w, block_p) * cdiv(s, block_sy), group_size * cdiv(cpg, block_c))
     _reassemble_kernel[grid](
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
         h, w, cpg,
-        S=s, SXP=triton.next_power_of_2(s), KS=kernel_size,
+        S=s, SXP=pow2(s), KS=kernel_size,
         SAMPLED=int(sampled), BLOCK_P=block_p, BLOCK_SY=block_sy, BLOCK_C=block_c,
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
         num_warps=warps, **LAUNCH,

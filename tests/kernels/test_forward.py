@@ -56,6 +56,15 @@ def test_forward_scale_factors(kernel_device, shape):
     check_forward(shape, kernel_device)
 
 
+def test_host_arithmetic_matches_triton():
+    """common.pow2 and common.cdiv stand in for triton's (slow from Python) in every launcher."""
+    for n in [*range(1, 1100), 2**20 - 1, 2**20, 2**20 + 1]:
+        assert common.pow2(n) == triton.next_power_of_2(n), n
+        for d in (1, 2, 3, 7, 32, 1000):
+            assert common.cdiv(n, d) == triton.cdiv(n, d), (n, d)
+    assert common.cdiv(0, 4) == 0
+
+
 def test_index_width():
     small = torch.empty(2, 3, 4, 5)
     assert common.index_dtype(small) == tl.int32
