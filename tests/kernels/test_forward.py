@@ -71,6 +71,10 @@ def test_index_width():
     far = torch.empty_strided((2, 1, 1, 1), (2**31, 1, 1, 1), device="meta")  # two elements, 2**31 apart
     assert common.index_dtype(small, far) == tl.int64
     assert common.index_dtype(small, torch.empty(0, 2**20, 2**20, 4, device="meta")) == tl.int32  # empty: never read
+    view = torch.empty(2**31 + 8, dtype=torch.int8, device="meta")[4:]  # a large storage, reach 2**31 + 3
+    assert common.index_dtype(small, view) == tl.int64
+    assert common.index_dtype(small, view[:2**31]) == tl.int32  # in a large storage, reaching 2**31 - 1
+    assert common.index_dtype(small, view[::2**30]) == tl.int64
 
 
 def test_tiles_fit():
