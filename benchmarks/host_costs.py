@@ -4,16 +4,14 @@ Python, as it does for both modules and for the fused ops at small shapes (docs/
 
     python benchmarks/host_costs.py [--out FILE]
 
-Each row is the median of ROUNDS interleaved rounds, each the median of REPS calls timed from the
-call's start until it returns, without synchronising (the queue is drained every 20 calls so it
-never fills). Rows, at the anchor (N2 C256 128x128 k5 s2 float32): a bare Triton launch with 3
+Each row is the median of ROUNDS interleaved rounds, each the median of REPS calls, each timed
+from an empty queue until it returns (`dlu_triton.benchmark.host_ms`). Rows, at the anchor (N2 C256 128x128 k5 s2 float32): a bare Triton launch with 3
 and with 28 arguments and a bare PyTorch launch, each of our launchers, the kernel families, the
 custom ops, the public functions through autograd, and both modules at 2x. On CPU (with
 TRITON_INTERPRET=1, a tiny shape) the times are the interpreter's: only to try the script.
 """
 import argparse
 import statistics
-import time
 
 import torch
 import triton
@@ -37,23 +35,6 @@ def _copy28(a, b, s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s1
             h, w, c, d, n, BLOCK: tl.constexpr, X: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(b + i, tl.load(a + i, mask=i < n), mask=i < n)
-
-
-def host_us(fn, device, reps):
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    fn()
-    sync()
-    samples = []
-    for i in range(reps):
-        if i % 20 == 0:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e6)
-    sync()
-    return statistics.median(samples)
 
 
 def calls(device):
@@ -104,10 +85,12 @@ def main():
     device = torch.device(args.device)
     rows, shape = calls(device)
     reps = REPS if device.type == "cuda" else 3
+    for fn in rows.values():
+        fn()  # compile, allocate
     rounds = {name: [] for name in rows}
     for _ in range(ROUNDS):
         for name, fn in rows.items():
-            rounds[name].append(host_us(fn, device, reps))
+            rounds[name].append(B.host_ms(fn, device, reps) * 1e3)
     info = B.env_info(device)
     lines = [f"# host time per call (us), {info.get('gpu', info.get('cpu'))}, torch {info['torch']}, "
              f"triton {info['triton']}, {info['date']}; shape N{shape[0]} C{shape[1]} {shape[2]}x{shape[3]} k5 s2 float32",

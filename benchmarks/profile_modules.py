@@ -14,8 +14,6 @@ no kernels, the profiler's top operators by CPU time).
 import argparse
 import collections
 import os
-import statistics
-import time
 
 import torch
 from torch.autograd import DeviceType
@@ -26,22 +24,6 @@ from dlu_triton import benchmark as B
 RUNS = 20
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def host_ms(fn, device):
-    samples = []
-    for _ in range(RUNS):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    sync(device)
-    return statistics.median(samples)
-
-
 def kernels_per_call(fn, device):
     """{kernel name: (launches, device ms)} per call, and the profile (for its operator table
     where there are no kernels)."""
@@ -49,7 +31,7 @@ def kernels_per_call(fn, device):
     with profile(activities=activities) as prof:
         for _ in range(RUNS):
             fn()
-        sync(device)
+        B.sync(device)
     launches, ms = collections.Counter(), collections.Counter()
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:
@@ -61,7 +43,7 @@ def kernels_per_call(fn, device):
 def profile_call(label, fn, device, log):
     fn()  # compile, autotune the convolutions, allocate
     median = B.time_ms(fn, device, reps=RUNS)[0]
-    host = host_ms(fn, device)
+    host = B.host_ms(fn, device, RUNS)
     kernels, prof = kernels_per_call(fn, device)
     total = sum(t for _, t in kernels.values())
     log(f"## {label}: median {median:.3f} ms, host {host:.3f} ms, kernels {total:.3f} ms "

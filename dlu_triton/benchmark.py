@@ -32,6 +32,25 @@ def time_ms(fn, device, reps=None):
     return statistics.median(samples), q[0], q[3]
 
 
+def sync(device):
+    """Wait for `device`'s queue (CUDA); nothing elsewhere."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def host_ms(fn, device, reps):
+    """Median host (CPU) time of `fn` in milliseconds: each call from an empty queue until it
+    returns, not synchronised after. Where it equals time_ms, the device waits on the host."""
+    samples = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    sync(device)
+    return statistics.median(samples)
+
+
 def peak_memory_mib(fn, device):
     """Peak memory allocated during `fn` beyond what was allocated before it (CUDA only)."""
     if torch.device(device).type != "cuda":
