@@ -2,13 +2,18 @@
 Python, as it does for both modules and for the fused ops at small shapes (docs/performance.md,
 "Host time").
 
-    python benchmarks/host_costs.py [--out FILE]
+    python benchmarks/host_costs.py [--out FILE] [--stub-launches]
 
 Each row is the median of ROUNDS interleaved rounds, each the median of REPS calls, each timed
 from an empty queue until it returns (`dlu_triton.benchmark.host_ms`). Rows, at the anchor (N2 C256 128x128 k5 s2 float32): a bare Triton launch with 3
 and with 28 arguments and a bare PyTorch launch, each of our launchers, the kernel families, the
 custom ops, the public functions through autograd, and both modules at 2x. On CPU (with
 TRITON_INTERPRET=1, a tiny shape) the times are the interpreter's: only to try the script.
+
+--stub-launches (for a machine without a GPU): every Triton launch returns at once and the ops
+take the kernels' path on CPU tensors, so the rows of our launchers, kernel families, ops and
+public functions are their own Python, without Triton's launch cost (the bare-launch rows are
+then empty calls, and the modules' rows include their convolutions' CPU compute).
 """
 import argparse
 import statistics
@@ -81,10 +86,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--stub-launches", action="store_true", help="time our Python without Triton's launches")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.stub_launches:
+        triton.runtime.jit.JITFunction.run = lambda *a, **kw: None
+        ops._use_triton = lambda t: True
     rows, shape = calls(device)
-    reps = REPS if device.type == "cuda" else 3
+    reps = REPS if device.type == "cuda" or args.stub_launches else 3
     for fn in rows.values():
         fn()  # compile, allocate
     rounds = {name: [] for name in rows}
@@ -92,7 +101,8 @@ def main():
         for name, fn in rows.items():
             rounds[name].append(B.host_ms(fn, device, reps) * 1e3)
     info = B.env_info(device)
-    lines = [f"# host time per call (us), {info.get('gpu', info.get('cpu'))}, torch {info['torch']}, "
+    stub = ", Triton launches stubbed out" if args.stub_launches else ""
+    lines = [f"# host time per call (us){stub}, {info.get('gpu', info.get('cpu'))}, torch {info['torch']}, "
              f"triton {info['triton']}, {info['date']}; shape N{shape[0]} C{shape[1]} {shape[2]}x{shape[3]} k5 s2 float32",
              "", "| call | median of rounds | rounds |", "|---|---|---|"]
     for name, values in rounds.items():

@@ -164,6 +164,36 @@ def test_opcheck(device, path):
     torch.library.opcheck(torch.ops.dlu_triton.carafe, (*carafe_inputs(2, 4, 3, 5, 3, 2, 2, dtype=exact_dtype(device), device=device), 3, 2, 2))
 
 
+@pytest.mark.parametrize("op", ["dlu", "carafe"])
+def test_eager_call_is_the_custom_op_without_its_layers(op, device, path, deterministic, monkeypatch):
+    """An eager call on plain tensors goes through ops._Eager, not the custom op's dispatcher
+    layers; its values and gradients are bitwise the custom op's (deterministic mode, so the
+    logits gradient's summation order is fixed)."""
+    from dlu_triton import ops
+    eager = []
+    real = ops._Eager.apply
+    monkeypatch.setattr(ops._Eager, "apply", lambda *a: eager.append(op) or real(*a))
+    make, public, custom = dict(dlu=(dlu_inputs, dlu_triton.dlu_upsample, torch.ops.dlu_triton.dlu_upsample),
+                                carafe=(carafe_inputs, dlu_triton.carafe, torch.ops.dlu_triton.carafe))[op]
+    inputs = make(2, 8, 5, 7, 3, 2, 2, dtype=exact_dtype(device), device=device)
+    results = []
+    for fn in (public, custom):
+        ins = [t.clone().requires_grad_() for t in inputs]
+        out = fn(*ins, 3, 2, 2)
+        grad = torch.ones_like(out).cumsum(-1)
+        results.append([out, *torch.autograd.grad(out, ins, grad)])
+    assert eager == [op]
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_double_backward_is_refused(device, path):
+    inputs = [t.requires_grad_() for t in dlu_inputs(1, 2, 3, 4, 3, 1, 2, dtype=exact_dtype(device), device=device)]
+    grads = torch.autograd.grad(dlu_triton.dlu_upsample(*inputs, 3, 1, 2).square().sum(), inputs, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grads[0].sum().backward()
+
+
 def test_compiled_module_has_no_graph_break(device, path, monkeypatch):
     """fullgraph=True (no graph break), equal to eager, and the fused kernels are what runs: the
     op is not decomposed into slow ones (inductor on CUDA, aot_eager on CPU)."""
