@@ -101,16 +101,8 @@ def test_modules(bench, scale, method, direction):
     """Whole upsamplers, convolutions included: N2 C256, output 256x256 (CPU: tiny)."""
     n, c, out = (2, 256, 256) if GPU else (1, 4, 16)
     h = w = out // scale
-    module = B.upsampler(method, c, scale).to(DEVICE)
-    x = torch.randn(n, c, h, w, device=DEVICE, requires_grad=direction != "fwd")
-    grad = torch.randn(n, c, out, out, device=DEVICE)  # not out.sum()'s stride-0 ones
-    if direction == "fwd":
-        def run():
-            with torch.no_grad():
-                module(x)
-    else:
-        def run():
-            module(x).backward(grad)
-    nbytes = x.numel() * 4 * (1 + scale * scale)
+    fwd, fwd_bwd = B.module_calls(method, scale, torch.randn(n, c, h, w, device=DEVICE))
+    run = fwd if direction == "fwd" else fwd_bwd
+    nbytes = n * c * h * w * 4 * (1 + scale * scale)
     nflops = B.method_flops(method, c, scale, h, w, n) * (1 if direction == "fwd" else 3)
     bench(run, nbytes, nflops, shape=f"N{n} C{c} {h}x{w} s{scale}", dtype="float32", direction=direction, impl=method)
