@@ -8,7 +8,8 @@ on a GPU (an int equal to 1 becomes a constant; other ints and pointers divisibl
 marked so, except the launcher's do_not_specialize ints), then triton.compile builds the kernel
 for sm_90 with the ptxas that Triton ships, with Triton's cache off. Per kernel it prints the
 compile's wall time (on this machine's CPU: what a first call on a new family costs), registers a thread, stack
-(spills), shared memory, and the PTX's global loads and stores by width (b32 = 4 bytes a lane,
+(spills), shared memory (the launch's dynamic shared memory: layout conversions, reductions and
+software-pipelined buffers), and the PTX's global loads and stores by width (b32 = 4 bytes a lane,
 v2/v4 = 8/16) and atomics; with --layouts also each global load's tile and how the compiler spread
 it over lanes (threadsPerWarp, in the order of the tile's axes: a load whose lanes run along an
 axis that is not contiguous in memory costs a 32-byte sector per element). For forward v6 with
@@ -61,13 +62,15 @@ def specialise(fn, args, kwargs):
 
 
 def resources(cubin):
-    """Registers, stack and shared bytes from cuobjdump (shipped with Triton)."""
+    """Registers and stack bytes from cuobjdump (shipped with Triton). Its SHARED is the static
+    shared memory only (1 KB on sm_90 for every kernel that uses any); Triton's buffers are
+    dynamic, in the compiled kernel's metadata."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
-    return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+    return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
 
 
 def load_layouts(ttgir):
@@ -101,9 +104,12 @@ def report(name, launch, layouts=False):
         r = resources(k.asm["cubin"])
         ptx = k.asm["ptx"]
         mem = collections.Counter(re.findall(r"\b(ld\.global|st\.global|atom\.global|red\.global)[\w.]*?\.((?:v\d\.)?[bfsu]\d+)\b", ptx))
-        mem = " ".join(f"{op.split('.')[0]}.{w}:{n}" for (op, w), n in sorted(mem.items()))
+        mem = collections.Counter({f"{op.split('.')[0]}.{w}": n for (op, w), n in mem.items()})
+        # loads the software pipeliner turned into asynchronous copies to shared memory
+        mem["cp.async"] = len(re.findall(r"\bcp\.async\.c[ag]\b", ptx))
+        mem = " ".join(f"{name}:{n}" for name, n in sorted(mem.items()) if n)
         print(f"{name:34s} {fn.__name__:22s} {seconds:5.1f} s  warps {options.get('num_warps', 4)} regs {r['REG']:3d} "
-              f"stack {r['STACK']:4d} shared {r['SHARED']:6d}  {mem}")
+              f"stack {r['STACK']:4d} shared {k.metadata.shared:6d}  {mem}")
         if layouts:
             print("\n".join(load_layouts(k.asm["ttgir"])))
 
