@@ -264,11 +264,13 @@ class _Eager(torch.autograd.Function):
 
 
 def _call(op, run, run_backward, tensors, config):
-    """The custom op where something must see it (torch.compile and export trace it, dispatch
-    modes such as FlopCounterMode count it, autocast casts its inputs, tensor subclasses and the
-    meta device take its fake implementation); otherwise the same functions through `_Eager`."""
+    """The custom op where something must see it (torch.compile, export and torch.jit.trace
+    record it, dispatch modes such as FlopCounterMode count it, autocast casts its inputs, tensor
+    subclasses and the meta device take its fake implementation); otherwise the same functions
+    through `_Eager`."""
     f = tensors[0]
-    if (torch.compiler.is_compiling() or is_in_torch_dispatch_mode() or f.device.type not in ("cpu", "cuda")
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or is_in_torch_dispatch_mode()
+            or f.device.type not in ("cpu", "cuda")
             or any(type(t) is not torch.Tensor for t in tensors) or torch.is_autocast_enabled(f.device.type)):
         return op(*tensors, *config)
     return _Eager.apply(run, run_backward, config, *tensors)

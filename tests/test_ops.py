@@ -187,6 +187,13 @@ def test_eager_call_is_the_custom_op_without_its_layers(op, device, path, determ
         assert torch.equal(a, b)
 
 
+def test_jit_trace_records_the_custom_op():
+    inputs = dlu_inputs(1, 2, 3, 4, 3, 1, 2, dtype=torch.float32)
+    traced = torch.jit.trace(lambda *a: dlu_triton.dlu_upsample(*a, 3, 1, 2), inputs)
+    assert "dlu_triton::dlu_upsample" in str(traced.graph)
+    assert torch.equal(traced(*inputs), dlu_triton.dlu_upsample(*inputs, 3, 1, 2))
+
+
 def test_double_backward_is_refused(device, path):
     inputs = [t.requires_grad_() for t in dlu_inputs(1, 2, 3, 4, 3, 1, 2, dtype=exact_dtype(device), device=device)]
     grads = torch.autograd.grad(dlu_triton.dlu_upsample(*inputs, 3, 1, 2).square().sum(), inputs, create_graph=True)
