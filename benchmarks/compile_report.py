@@ -103,11 +103,11 @@ def report(name, launch, layouts=False):
         seconds = time.perf_counter() - start
         r = resources(k.asm["cubin"])
         ptx = k.asm["ptx"]
-        mem = collections.Counter(re.findall(r"\b(ld\.global|st\.global|atom\.global|red\.global)[\w.]*?\.((?:v\d\.)?[bfsu]\d+)\b", ptx))
-        mem = collections.Counter({f"{op.split('.')[0]}.{w}": n for (op, w), n in mem.items()})
+        accesses = collections.Counter(f"{op.split('.')[0]}.{w}" for op, w in re.findall(
+            r"\b(ld\.global|st\.global|atom\.global|red\.global)[\w.]*?\.((?:v\d\.)?[bfsu]\d+)\b", ptx))
         # loads the software pipeliner turned into asynchronous copies to shared memory
-        mem["cp.async"] = len(re.findall(r"\bcp\.async\.c[ag]\b", ptx))
-        mem = " ".join(f"{name}:{n}" for name, n in sorted(mem.items()) if n)
+        accesses["cp.async"] = len(re.findall(r"\bcp\.async\.c[ag]\b", ptx))
+        mem = " ".join(f"{name}:{n}" for name, n in sorted(accesses.items()) if n)
         print(f"{name:34s} {fn.__name__:22s} {seconds:5.1f} s  warps {options.get('num_warps', 4)} regs {r['REG']:3d} "
               f"stack {r['STACK']:4d} shared {k.metadata.shared:6d}  {mem}")
         if layouts:
