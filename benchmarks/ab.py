@@ -1,16 +1,18 @@
 """Same-process A/B: this checkout's kernels against another version of them, on the same inputs.
 
     python benchmarks/ab.py --export REV DIR      # DIR receives REV's dlu_triton/kernels (needs git)
-    python benchmarks/ab.py DIR [--ops dlu_backward] [--quick] [--out FILE]
+    python benchmarks/ab.py DIR [DIR ...] [--ops dlu_backward] [--quick] [--out FILE]
 
 The device machine gets the working tree without .git, so export the old kernels first (into an
 untracked folder such as scratch/, which travels with the tree). For each anchor shape and op
 (the launchers `dlu_forward`, `carafe_forward`, `dlu_backward`, `carafe_backward`, each with all
-its launches) it times the old and the new version alternately, three rounds each, and reports
+its launches) it times each old version and the new one in turn, three rounds each, and reports
 the median of the rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall
-clock on CPU), new/old, the new version's fraction of the bandwidth floor (CUDA), and the
-largest relative difference between their outputs (|new - old| / max|old|, per output), so a
-faster but wrong variant shows. --quick: one tiny shape, one round, to try the script on CPU
+clock on CPU), new/old for each old folder, the new version's fraction of the bandwidth floor
+(CUDA), and the largest relative difference between the outputs of the new version and the first
+old one (|new - old| / max|old|, per output), so a faster but wrong variant shows. Several old
+folders (say the last measured version and HEAD, with a candidate in the working tree) share one
+GPU call. --quick: one tiny shape, one round, to try the script on CPU
 with TRITON_INTERPRET=1 (about a minute).
 """
 import argparse
@@ -54,9 +56,9 @@ def export(rev, folder):
     print(f"{rev}'s {path} -> {folder}")
 
 
-def load(folder):
-    """The old version's forward and backward modules, imported from `folder` under its own name."""
-    name = "ab_old_kernels"
+def load(folder, index):
+    """An old version's forward and backward modules, imported from `folder` under its own name."""
+    name = f"ab_old_kernels{index}"
     spec = importlib.util.spec_from_file_location(
         name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
     package = importlib.util.module_from_spec(spec)
@@ -101,7 +103,7 @@ def floor_ms(op, shape, bandwidth):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("old", nargs="?", help="folder with the old dlu_triton/kernels files")
+    p.add_argument("old", nargs="*", help="folders with old dlu_triton/kernels files")
     p.add_argument("--export", nargs=2, metavar=("REV", "DIR"), help="write REV's kernels to DIR and stop")
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument("--quick", action="store_true", help="one tiny shape, one round (a CPU try-out)")
@@ -112,31 +114,37 @@ def main():
         return export(*args.export)
     if not args.old:
         p.error("give the old kernels' folder (or --export REV DIR)")
-    old_fwd, old_bwd = load(args.old)
+    olds = [load(folder, i) for i, folder in enumerate(args.old)]
     device = torch.device(args.device)
     bandwidth = B.copy_bandwidth(device) if device.type == "cuda" else None
     info = B.env_info(device)
-    lines = [f"A/B {args.old} (old) vs this checkout (new): {info.get('gpu', info.get('cpu'))}, torch {info['torch']}, "
-             f"triton {info['triton']}, {info['date']}"
-             + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else ""),
-             "", "| shape | op | old ms | new ms | new/old | new of floor | max rel diff |", "|---|---|---|---|---|---|---|"]
+    names = [os.path.basename(os.path.normpath(folder)) for folder in args.old]
+    lines = [f"A/B {' and '.join(args.old)} (old) vs this checkout (new): {info.get('gpu', info.get('cpu'))}, "
+             f"torch {info['torch']}, triton {info['triton']}, {info['date']}"
+             + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else ""), "",
+             "| shape | op | " + " | ".join(f"{nm} ms" for nm in names) + " | new ms | "
+             + " | ".join(f"new/{nm}" for nm in names) + f" | new of floor | max rel diff vs {names[0]} |",
+             "|---|---|" + "---|" * (2 * len(names) + 3)]
     for shape in QUICK if args.quick else ANCHORS:
         n, c, h, w, k, g, s, dt = shape
         label = f"N{n} C{c} {h}x{w} s{s} k{k} G{g} {str(dt)[6:]}"
         tensors = inputs(shape, device)
-        new_calls, old_calls = calls(forward, backward, shape, tensors), calls(old_fwd, old_bwd, shape, tensors)
+        versions = [calls(fwd, bwd, shape, tensors) for fwd, bwd in olds] + [calls(forward, backward, shape, tensors)]
         for op in args.ops:
-            diff = rel_diff(new_calls[op](), old_calls[op]())  # also the compile
-            times = {"old": [], "new": []}
+            diff = rel_diff(versions[-1][op](), versions[0][op]())  # also the compile
+            for old in versions[1:-1]:
+                old[op]()
+            times = [[] for _ in versions]
             for _ in range(1 if args.quick else ROUNDS):
-                for which, fn in (("old", old_calls[op]), ("new", new_calls[op])):
-                    times[which].append(B.time_ms(fn, device, reps=1 if args.quick else None)[0])
-            old_ms, new_ms = (statistics.median(times[v]) for v in ("old", "new"))
+                for t, version in zip(times, versions):
+                    t.append(B.time_ms(version[op], device, reps=1 if args.quick else None)[0])
+            *old_ms, new_ms = (statistics.median(t) for t in times)
             floor = floor_ms(op, shape, bandwidth)
             share = f"{floor / new_ms:.0%}" if floor else "-"
-            lines.append(f"| {label} | {op} | {old_ms:.3f} | {new_ms:.3f} | {new_ms / old_ms:.2f} | {share} | {diff:.1e} |")
+            lines.append(f"| {label} | {op} | " + " | ".join(f"{ms:.3f}" for ms in (*old_ms, new_ms)) + " | "
+                         + " | ".join(f"{new_ms / ms:.2f}" for ms in old_ms) + f" | {share} | {diff:.1e} |")
             print(lines[-1], file=sys.stderr)
-        del new_calls, old_calls, tensors
+        del versions, tensors
     text = "\n".join(lines)
     if args.out:
         with open(args.out, "w") as f:

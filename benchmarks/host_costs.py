@@ -58,7 +58,7 @@ def calls(device):
         "bare Triton launch, 3 arguments": lambda: _copy3[(1,)](a, b, 1024, BLOCK=1024),
         "bare Triton launch, 28 arguments": lambda: _copy28[(1,)](a, b, *range(20), 1, 1, 1, 1, 1024, BLOCK=1024, X=3),
         "bare PyTorch launch (a.add(1))": lambda: a.add(1),
-        "kernel space (torch.softmax)": lambda: common.kernel_space(logits, g, k),
+        "kernel space (launcher)": lambda: common.kernel_space(logits, g, k),
         "launcher: forward (_reassemble)": lambda: forward._launch(x, space, offsets, k, g, s),
         "launcher: mask gradient": lambda: backward._mask_grad(grad, x, dk, k, g, s),
         "launcher: kernel gradient": lambda: backward._kernel_grad(

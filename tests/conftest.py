@@ -20,12 +20,14 @@ def seed():
 def poisoned_outputs(monkeypatch):
     """Every buffer a kernel launcher allocates starts as NaN (an index buffer as -1, which
     index_add_ refuses), so an unwritten element fails."""
+    allocate = common.new_output
+
     def poisoned(like, size, dtype=None):
-        out = common.new_output(like, size, dtype)
+        out = allocate(like, size, dtype)
         return out.fill_(float("nan") if out.is_floating_point() else -1)
 
-    monkeypatch.setattr(forward, "new_output", poisoned)
-    monkeypatch.setattr(backward, "new_output", poisoned)
+    for module in (common, forward, backward):
+        monkeypatch.setattr(module, "new_output", poisoned)
 
 
 @pytest.fixture(params=DEVICES)

@@ -1,5 +1,6 @@
-"""What the forward and backward kernel families share: DLU's kernel sampling as @triton.jit
-helpers, and the host-side rules for layouts, index width, accumulator dtype and block sizes.
+"""What the forward and backward kernel families share: DLU's kernel space (the softmax, one small
+kernel), its sampling as @triton.jit helpers, and the host-side rules for layouts, index width,
+accumulator dtype and block sizes.
 
 Sampling (contract step 2). For source pixel q = (iy, ix), sub-pixel t and group g, the offsets
 give (dx, dy); the sampling point (py, px) = (iy + dy, ix + dx) is clamped to [0, H-1] x [0, W-1]
@@ -53,13 +54,83 @@ def subpixel_columns(ix0, W, S: tl.constexpr, SXP: tl.constexpr, M: tl.constexpr
     return ix, sx, ox, (ix < W) & (sx < S)
 
 
-def kernel_space(logits, group_size, kernel_size):
+@triton.jit(do_not_specialize=["HW", "G", "BLOCKS"])
+def _kernel_space_kernel(
+    l_ptr, p_ptr, z_ptr,  # logits; kernel space out; a buffer laid out like it, zeroed (ZERO)
+    sln, slc, slp,  # logits strides: image, channel, pixel (the H x W plane as one axis)
+    spn, spc, spp,  # kernel space strides, the zeroed buffer's too
+    HW, G, BLOCKS,  # pixels per image, groups, pixel blocks per (image, group)
+    KK: tl.constexpr,  # taps k*k
+    KKP: tl.constexpr,  # k*k rounded up to a power of two
+    BLOCK: tl.constexpr,  # pixels per program
+    ZERO: tl.constexpr,  # 1: also zero z_ptr (the logits gradient's atomic accumulator)
+    ACC: tl.constexpr,  # accumulator dtype
+    IDX: tl.constexpr,  # index dtype (int64 only for huge tensors)
+):
+    pid = tl.program_id(0)
+    ng = pid // BLOCKS
+    n = (ng // G).to(IDX)
+    g = ng % G
+    # [BLOCK pixels, KKP taps]: with a pixel stride of 1 (NCHW, specialised to a constant) the
+    # compiler sees the pixels contiguous and runs the lanes along them; with channels_last,
+    # along the taps. Either way each warp's load is one coalesced run.
+    p = ((pid % BLOCKS) * BLOCK + tl.arange(0, BLOCK)).to(IDX)[:, None]
+    j = tl.arange(0, KKP)[None, :]
+    ch = (g * KK + j).to(IDX)
+    ok = (p < HW) & (j < KK)
+    v = tl.load(l_ptr + n * sln + ch * slc + p * slp, mask=ok, other=0.0).to(ACC)
+    # Padding taps count as -inf, masked pixels as zeros: only a real logit can make a NaN (a NaN
+    # or +inf logit, or all -inf, gives a NaN group, as torch.softmax does).
+    v = tl.where(j < KK, v, float("-inf"))
+    e = tl.where(j < KK, tl.exp(v - tl.max(v, axis=1)[:, None]), 0.0)
+    at = n * spn + ch * spc + p * spp
+    tl.store(p_ptr + at, e / tl.sum(e, axis=1)[:, None], mask=ok)
+    if ZERO:
+        tl.store(z_ptr + at, tl.zeros((BLOCK, KKP), ACC), mask=ok)
+
+
+def plane_stride(t):
+    """The stride between consecutive pixels of t's (H, W) planes when they are one evenly
+    strided run (contiguous, channels_last, channel slices), else None."""
+    _, _, h, w = t.shape
+    if w == 1:
+        return t.stride(2)
+    if h == 1 or t.stride(2) == w * t.stride(3):
+        return t.stride(3)
+    return None
+
+
+def kernel_space(logits, group_size, kernel_size, zeroed=None):
     """DLU's kernel space, the softmax of each low-resolution pixel's k*k logits per group, in the
-    accumulator's dtype: [N, G*k*k, H, W]. One small launch, so the kernels load a probability at
-    each sampled corner instead of recomputing a softmax there for every output pixel and tap."""
+    accumulator's dtype and the logits' memory format: [N, G*k*k, H, W]. One small launch, so the
+    kernels load a probability at each sampled corner instead of recomputing a softmax there for
+    every output pixel and tap. `zeroed`, a buffer of the same shape, dtype and strides (the
+    backward's atomic accumulator for the logits' gradient), is zero-filled in the same pass.
+
+    A program holds [BLOCK pixels, k*k padded] of one image and group. torch.softmax over the
+    taps, a non-innermost dim of [N, G, k*k, H, W], took 15-18 us a call at the anchor on the
+    H100 (docs/results/h100-profile-modules.txt) for 6.6 MB of traffic."""
+    slp = plane_stride(logits)
+    if slp is None:  # a spatially strided view: copy the small logits once
+        logits = logits.contiguous()
+        slp = plane_stride(logits)
     n, _, h, w = logits.shape
-    kk = kernel_size * kernel_size
-    return torch.softmax(logits.reshape(n, group_size, kk, h, w), 2, dtype=accumulator(logits)).reshape(n, group_size * kk, h, w)
+    space = new_output(logits, logits.shape, dtype=accumulator(logits))
+    if zeroed is not None:
+        assert zeroed.shape == space.shape and zeroed.stride() == space.stride() and zeroed.dtype == space.dtype
+    if space.numel() == 0:
+        return space
+    kkp = taps_padded(kernel_size)
+    block = min(pow2(h * w), max(16, 4096 // kkp))
+    blocks = cdiv(h * w, block)
+    _kernel_space_kernel[(n * group_size * blocks,)](
+        logits, space, space if zeroed is None else zeroed,
+        logits.stride(0), logits.stride(1), slp, space.stride(0), space.stride(1), plane_stride(space),
+        h * w, group_size, blocks,
+        KK=kernel_size * kernel_size, KKP=kkp, BLOCK=block, ZERO=int(zeroed is not None),
+        ACC=acc_dtype(logits), IDX=index_dtype(logits, space), num_warps=4, **LAUNCH,
+    )
+    return space
 
 
 @triton.jit

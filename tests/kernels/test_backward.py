@@ -9,7 +9,7 @@ from dlu_triton.kernels import backward
 
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
-from .test_forward import SCALES, WIDE, dtype_for, kernel_device  # noqa: F401  (fixture)
+from .test_forward import SCALES, WIDE, dtype_for
 
 
 def check_backward(shape, device):
@@ -30,18 +30,18 @@ def check_backward(shape, device):
 
 
 @pytest.mark.parametrize("force_int64", [False, True])
-def test_backward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):  # noqa: F811
+def test_backward_tiles_and_index_width(kernel_device, force_int64, monkeypatch):
     if force_int64:
         monkeypatch.setattr(backward, "index_dtype", lambda *t: tl.int64)
     check_backward(WIDE, kernel_device)
 
 
 @pytest.mark.parametrize("shape", SCALES, ids=str)
-def test_backward_scale_factors(kernel_device, shape):  # noqa: F811
+def test_backward_scale_factors(kernel_device, shape):
     check_backward(shape, kernel_device)
 
 
-def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):  # noqa: F811
+def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
     inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=dtype_for(kernel_device), device=kernel_device)
     grad = torch.randn(1, 4, 6, 8, dtype=inputs[0].dtype, device=kernel_device)
     before = grad.clone()
@@ -56,7 +56,7 @@ WINDOWS = [(1, 3, 1, 61, 7, 1, 2), (1, 2, 2, 29, 5, 1, 1), (1, 2, 1, 57, 3, 1, 3
 
 
 @pytest.mark.parametrize("shape", WINDOWS, ids=str)
-def test_features_gradient_windows(kernel_device, shape):  # noqa: F811
+def test_features_gradient_windows(kernel_device, shape):
     n, c, h, w, k, g, s = shape
     dt = dtype_for(kernel_device)
     features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
