@@ -20,8 +20,10 @@ def expected_space(logits, g, k):
 
 
 @pytest.mark.parametrize("shape", SPACES, ids=str)
-def test_kernel_space(kernel_device, shape):
+def test_kernel_space(kernel_device, shape, monkeypatch):
     n, g, k, h, w = shape
+    if shape == SPACES[3]:  # one shape with 64-bit indexing forced on
+        monkeypatch.setattr(common, "index_dtype", lambda *t: tl.int64)
     for dtype in (torch.float32, torch.bfloat16) + ((torch.float64,) if kernel_device == "cpu" else ()):
         logits = (3 * torch.randn(n, g * k * k, h, w, device=kernel_device)).to(dtype)
         space = common.kernel_space(logits, g, k)
