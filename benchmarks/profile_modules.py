@@ -4,7 +4,9 @@
 - median: the call's time as `compare` measures it (do_bench on CUDA, wall clock on CPU);
 - host: the Python call alone, from an empty queue until it returns (no synchronisation);
 - kernels: the device time of the call's kernels (torch.profiler, averaged over the runs), how
-  many launches, and idle = median - kernels, the time the device waits on the host.
+  many launches, and idle = median - kernels, the time the device waits on the host;
+- on CUDA a third pass, "graphed": forward+backward captured in CUDA graphs and replayed
+  (`benchmark.module_calls(..., graphed=True)`), the step's time without the host's costs.
 
     python benchmarks/profile_modules.py [--scales 2 16] [--out DIR]
 
@@ -75,7 +77,10 @@ def main():
         x = torch.randn(n, c, h, h, device=device)
         for method in ("CARAFEPack", "DLU"):
             fwd, fwd_bwd = B.module_calls(method, s, x)
-            for pass_, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+            passes = [("fwd", fwd), ("fwd+bwd", fwd_bwd)]
+            if cuda:  # the same step replayed from CUDA graphs: what is left without the host
+                passes.append(("graphed", B.module_calls(method, s, x, graphed=True)[1]))
+            for pass_, fn in passes:
                 r = profile_call(f"{method} {s}x {pass_} (input {n}x{c}x{h}x{h})", fn, device, log)
                 rows.append((s, method, pass_, r))
     if args.out:

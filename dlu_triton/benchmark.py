@@ -115,16 +115,21 @@ def upsampler(method, channels, scale):
     return torch.nn.Upsample(scale_factor=scale, mode=mode, **kwargs)
 
 
-def module_calls(method, scale, x):
+def module_calls(method, scale, x, graphed=False):
     """`method`'s module for x's channels and scale, on x's device and dtype, and its two timed
     calls: the forward without autograd, and forward+backward of a random gradient (out.sum()'s
     is a stride-0 tensor of ones, which flatters every kernel) as a training step after
     `optimizer.zero_grad()` runs it: the gradients are stored, not added to earlier ones (which
-    took a launch per parameter and for x, 7 for DLU and 5 for CARAFEPack)."""
+    took a launch per parameter and for x, 7 for DLU and 5 for CARAFEPack).
+
+    graphed (CUDA): the forward+backward runs the module captured in CUDA graphs
+    (torch.cuda.make_graphed_callables) and replayed, the step without the host's Python and
+    launch costs, which both modules otherwise wait on (docs/performance.md, target 4)."""
     n, c, h, w = x.shape
     module = upsampler(method, c, scale).to(x.device, x.dtype)
     xg = x.clone().requires_grad_()
     grad = torch.randn(n, c, scale * h, scale * w, device=x.device, dtype=x.dtype)
+    step = torch.cuda.make_graphed_callables(module, (xg,)) if graphed else module
 
     def fwd():
         with torch.no_grad():
@@ -133,7 +138,7 @@ def module_calls(method, scale, x):
     def fwd_bwd():
         module.zero_grad(set_to_none=True)
         xg.grad = None
-        module(xg).backward(grad)
+        step(xg).backward(grad)
 
     return fwd, fwd_bwd
 
