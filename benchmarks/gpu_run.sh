@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_run.sh profile                     # Nsight Compute, one launch of each kernel
 #   bash benchmarks/gpu_run.sh modules                     # the modules' time: host, kernels, idle (target 4)
 #   bash benchmarks/gpu_run.sh host                        # host time of each layer of a call (launch, op, autograd)
-#   AB_OLD="DIR [DIR...]" bash benchmarks/gpu_run.sh ab    # A/B against each DIR (from benchmarks/ab.py --export REV DIR)
+#   AB_OLD="DIR [DIR...]" bash benchmarks/gpu_run.sh ab    # A/B against each DIR (from benchmarks/ab.py --export REV DIR);
+#                                                          # AB_ARGS="--ops dlu_backward" passes options on
 # The timeouts let three device calls (each under 10 minutes) do everything:
 #   tests bench  |  profile sanitize  |  props compare
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
@@ -26,8 +27,8 @@ for step in "$@"; do
     host)
       timeout 200 python3 benchmarks/host_costs.py --out "$OUT/host-costs.md" 2>/dev/null | tail -24 ;;
     ab)
-      # shellcheck disable=SC2086  # AB_OLD may name several folders
-      timeout 500 python3 benchmarks/ab.py ${AB_OLD:?set AB_OLD to the exported old kernels} --out "$OUT/ab.md" 2>/dev/null | tail -40 ;;
+      # shellcheck disable=SC2086  # AB_OLD may name several folders, AB_ARGS several options
+      timeout 500 python3 benchmarks/ab.py ${AB_OLD:?set AB_OLD to the exported old kernels} ${AB_ARGS:-} --out "$OUT/ab.md" 2>/dev/null | tail -40 ;;
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
