@@ -9,8 +9,8 @@ untracked folder such as scratch/, which travels with the tree). For each anchor
 its launches) it times each old version and the new one in turn, three rounds each, and reports
 the median of the rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall
 clock on CPU), new/old for each old folder, the new version's fraction of the bandwidth floor
-(CUDA), and the largest relative difference between the outputs of the new version and the first
-old one (|new - old| / max|old|, per output), so a faster but wrong variant shows. Several old
+(CUDA), and the largest relative difference between the outputs of the new version and each old
+one (|new - old| / max|old|, per output), so a faster but wrong variant shows. Several old
 folders (say the last measured version and HEAD, with a candidate in the working tree) share one
 GPU call. --quick: one tiny shape, one round, to try the script on CPU
 with TRITON_INTERPRET=1 (about a minute).
@@ -123,17 +123,17 @@ def main():
              f"torch {info['torch']}, triton {info['triton']}, {info['date']}"
              + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else ""), "",
              "| shape | op | " + " | ".join(f"{nm} ms" for nm in names) + " | new ms | "
-             + " | ".join(f"new/{nm}" for nm in names) + f" | new of floor | max rel diff vs {names[0]} |",
-             "|---|---|" + "---|" * (2 * len(names) + 3)]
+             + " | ".join(f"new/{nm}" for nm in names) + " | new of floor | "
+             + " | ".join(f"max rel diff vs {nm}" for nm in names) + " |",
+             "|---|---|" + "---|" * (3 * len(names) + 2)]
     for shape in QUICK if args.quick else ANCHORS:
         n, c, h, w, k, g, s, dt = shape
         label = f"N{n} C{c} {h}x{w} s{s} k{k} G{g} {str(dt)[6:]}"
         tensors = inputs(shape, device)
         versions = [calls(fwd, bwd, shape, tensors) for fwd, bwd in olds] + [calls(forward, backward, shape, tensors)]
         for op in args.ops:
-            diff = rel_diff(versions[-1][op](), versions[0][op]())  # also the compile
-            for old in versions[1:-1]:
-                old[op]()
+            new_out = versions[-1][op]()  # each call also compiles
+            diffs = [rel_diff(new_out, old[op]()) for old in versions[:-1]]
             times = [[] for _ in versions]
             for _ in range(1 if args.quick else ROUNDS):
                 for t, version in zip(times, versions):
@@ -142,7 +142,8 @@ def main():
             floor = floor_ms(op, shape, bandwidth)
             share = f"{floor / new_ms:.0%}" if floor else "-"
             lines.append(f"| {label} | {op} | " + " | ".join(f"{ms:.3f}" for ms in (*old_ms, new_ms)) + " | "
-                         + " | ".join(f"{new_ms / ms:.2f}" for ms in old_ms) + f" | {share} | {diff:.1e} |")
+                         + " | ".join(f"{new_ms / ms:.2f}" for ms in old_ms) + f" | {share} | "
+                         + " | ".join(f"{d:.1e}" for d in diffs) + " |")
             print(lines[-1], file=sys.stderr)
         del versions, tensors
     text = "\n".join(lines)
