@@ -22,8 +22,8 @@ def poisoned_outputs(monkeypatch):
     index_add_ refuses), so an unwritten element fails."""
     allocate = common.new_output
 
-    def poisoned(like, size, dtype=None):
-        out = allocate(like, size, dtype)
+    def poisoned(like, size, dtype=None, memory_format=None):
+        out = allocate(like, size, dtype, memory_format)
         return out.fill_(float("nan") if out.is_floating_point() else -1)
 
     for module in (common, forward, backward):

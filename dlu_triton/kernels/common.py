@@ -102,7 +102,8 @@ def plane_stride(t):
 
 def kernel_space(logits, group_size, kernel_size, zeroed=None):
     """DLU's kernel space, the softmax of each low-resolution pixel's k*k logits per group, in the
-    accumulator's dtype and the logits' memory format: [N, G*k*k, H, W]. One small launch, so the
+    accumulator's dtype, contiguous [N, G*k*k, H, W] whatever the logits' format (the layout the
+    kernels' corner gathers were measured with). One small launch, so the
     kernels load a probability at each sampled corner instead of recomputing a softmax there for
     every output pixel and tap. `zeroed`, a buffer of the same shape, dtype and strides (the
     backward's atomic accumulator for the logits' gradient), is zero-filled in the same pass.
@@ -115,7 +116,7 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
         logits = logits.contiguous()
         slp = plane_stride(logits)
     n, _, h, w = logits.shape
-    space = new_output(logits, logits.shape, dtype=accumulator(logits))
+    space = new_output(logits, logits.shape, dtype=accumulator(logits), memory_format=torch.contiguous_format)
     if zeroed is not None:
         assert zeroed.shape == space.shape and zeroed.stride() == space.stride() and zeroed.dtype == space.dtype
     if space.numel() == 0:
@@ -155,10 +156,10 @@ def output_format(like):
     return torch.contiguous_format
 
 
-def new_output(like, size, dtype=None):
-    """An output for `like`'s kernels: same device, dtype unless given, same memory format."""
+def new_output(like, size, dtype=None, memory_format=None):
+    """An output for `like`'s kernels: same device, dtype and memory format unless given."""
     return torch.empty(
-        size, dtype=dtype or like.dtype, device=like.device, memory_format=output_format(like)
+        size, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format or output_format(like)
     )
 
 
