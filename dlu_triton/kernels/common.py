@@ -103,10 +103,10 @@ def plane_stride(t):
 def kernel_space(logits, group_size, kernel_size, zeroed=None):
     """DLU's kernel space, the softmax of each low-resolution pixel's k*k logits per group, in the
     accumulator's dtype, contiguous [N, G*k*k, H, W] whatever the logits' format (the layout the
-    kernels' corner gathers were measured with). One small launch, so the
-    kernels load a probability at each sampled corner instead of recomputing a softmax there for
-    every output pixel and tap. `zeroed`, a buffer of the same shape, dtype and strides (the
-    backward's atomic accumulator for the logits' gradient), is zero-filled in the same pass.
+    kernels' corner gathers were measured with). One small launch, so the kernels load a
+    probability at each sampled corner instead of recomputing a softmax there for every output
+    pixel and tap. `zeroed`, a buffer of the same shape, dtype and strides (the backward's
+    atomic accumulator for the logits' gradient), is zero-filled in the same pass.
 
     A program holds [BLOCK pixels, k*k padded] of one image and group. torch.softmax over the
     taps, a non-innermost dim of [N, G, k*k, H, W], took 15-18 us a call at the anchor on the
