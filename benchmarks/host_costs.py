@@ -51,6 +51,7 @@ def calls(device):
     space = common.kernel_space(logits, g, k)
     dk, k_out = torch.empty_like(masks), torch.empty_like(masks)
     dlogits, doffsets, dx = torch.zeros_like(logits), torch.empty_like(offsets), torch.empty_like(x)
+    zeroed = torch.empty_like(space)
     xg, lg, og, mg = (t.clone().requires_grad_() for t in (x, logits, offsets, masks))
     a = torch.randn(1024, device=device)
     b = torch.empty_like(a)
@@ -59,6 +60,7 @@ def calls(device):
         "bare Triton launch, 28 arguments": lambda: _copy28[(1,)](a, b, *range(20), 1, 1, 1, 1, 1024, BLOCK=1024, X=3),
         "bare PyTorch launch (a.add(1))": lambda: a.add(1),
         "kernel space (launcher)": lambda: common.kernel_space(logits, g, k),
+        "kernel space + zero fill (the backward's)": lambda: common.kernel_space(logits, g, k, zeroed=zeroed),
         "launcher: forward (_reassemble)": lambda: forward._launch(x, space, offsets, k, g, s),
         "launcher: mask gradient": lambda: backward._mask_grad(grad, x, dk, k, g, s),
         "launcher: kernel gradient": lambda: backward._kernel_grad(
