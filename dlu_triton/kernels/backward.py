@@ -407,14 +407,13 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
     dk = torch.empty_like(masks)
     shares = rows = dlogits = None
     if deterministic:
-        space = kernel_space(kernel_logits, g, kernel_size)
         summed = torch.zeros(n * g * h * w, kk, dtype=acc, device=features.device)
         shares = new_output(summed, (n, g, s * h, s * w, 4, kk))
         rows = new_output(summed, (n, g, s * h, s * w, 4), dtype=torch.int64)
     else:
         # the atomics' accumulator, zeroed by the kernel-space launch (one launch fewer)
         dlogits = new_output(kernel_logits, kernel_logits.shape, dtype=acc, memory_format=torch.contiguous_format)
-        space = kernel_space(kernel_logits, g, kernel_size, zeroed=dlogits)
+    space = kernel_space(kernel_logits, g, kernel_size, zeroed=dlogits)
     _mask_grad(grad_out, features, dk, kernel_size, g, s)
     _kernel_grad(dk, space, offsets, masks, dlogits, doffsets, shares, rows, kernel_size, g, s)
     _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
