@@ -233,6 +233,7 @@ def _feature_grad_kernel(
     KXP: tl.constexpr,  # k rounded up to a power of two
     BLOCK_P: tl.constexpr,  # source pixels (of one row) in a program's window
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
+    EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the dy loads need no channel mask
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -248,7 +249,7 @@ def _feature_grad_kernel(
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    c_ok = cg < CPG
+    c_ok = tl.full((BLOCK_C,), 1, tl.int1) if EVEN_C else cg < CPG
     # The window: source pixels q = p0 - R + i; a step reads SXB sub-pixel columns of each,
     # column m = (i, sub-pixel column) of the tile
     m = tl.arange(0, M)
@@ -374,7 +375,7 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
         h, w, cpg, step,
         S=s, SXB=sxb, KS=kernel_size, KXP=pow2(kernel_size),
-        BLOCK_P=block_p, BLOCK_C=block_c,
+        BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=int(cpg % block_c == 0),
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
         num_warps=4, **LAUNCH,
     )
