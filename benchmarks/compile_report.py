@@ -1,6 +1,6 @@
 """What the compiler makes of each kernel for an H100 (sm_90), on any machine, GPU or not.
 
-    python benchmarks/compile_report.py [--layouts]      # without TRITON_INTERPRET
+    python benchmarks/compile_report.py [--layouts] [--loops]      # without TRITON_INTERPRET
 
 The launchers run as usual on CPU tensors of the benchmark anchors' shapes until the launch,
 which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
@@ -12,7 +12,8 @@ compile's wall time (on this machine's CPU: what a first call on a new family co
 software-pipelined buffers), and the PTX's global loads and stores by width (b32 = 4 bytes a lane,
 v2/v4 = 8/16) and atomics; with --layouts also each global load's tile and how the compiler spread
 it over lanes (threadsPerWarp, in the order of the tile's axes: a load whose lanes run along an
-axis that is not contiguous in memory costs a 32-byte sector per element). For forward v6 with
+axis that is not contiguous in memory costs a 32-byte sector per element); with --loops also each
+SASS loop's length and its FFMAs, global loads and barriers. For forward v6 with
 triton 3.6 this gives the 122 registers ncu measured on the H100.
 """
 import collections
@@ -61,16 +62,37 @@ def specialise(fn, args, kwargs):
     return ASTSource(fn, signature, constants, attrs), options
 
 
-def resources(cubin):
-    """Registers and stack bytes from cuobjdump (shipped with Triton). Its SHARED is the static
-    shared memory only (1 KB on sm_90 for every kernel that uses any); Triton's buffers are
-    dynamic, in the compiled kernel's metadata."""
+def cuobjdump(cubin, option):
+    """cuobjdump (shipped with Triton) on a cubin."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([tool, option, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def resources(cubin):
+    """Registers and stack bytes. cuobjdump's SHARED is the static shared memory only (1 KB on
+    sm_90 for every kernel that uses any); Triton's buffers are dynamic, in the compiled kernel's
+    metadata."""
+    text = cuobjdump(cubin, "--dump-resource-usage")
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
+
+
+def loops(cubin):
+    """Each loop of the SASS (a backward branch), innermost first: its instructions, and of them
+    the FFMAs, global loads and barriers, e.g. "162 (67 ffma 20 ldg 2 bar)". A hot loop's length
+    per FFMA is what a latency-bound kernel's issue slots go to (docs/performance.md, v15)."""
+    rows = re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", cuobjdump(cubin, "-sass"))
+    at = {int(a, 16): i for i, (a, _) in enumerate(rows)}
+    ops = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for _, text in rows]
+    found = []
+    for i, (a, text) in enumerate(rows):
+        target = re.search(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < int(a, 16) and int(target.group(1), 16) in at:
+            body = ops[at[int(target.group(1), 16)]:i + 1]
+            found.append(f"{len(body)} ({body.count('FFMA')} ffma {body.count('LDG')} ldg {body.count('BAR')} bar)")
+    return ", ".join(found) or "none"
 
 
 def load_layouts(ttgir):
@@ -86,7 +108,7 @@ def load_layouts(ttgir):
     return lines
 
 
-def report(name, launch, layouts=False):
+def report(name, launch, layouts=False, sass_loops=False):
     """Run `launch` with every kernel launch caught; print one line per compiled kernel."""
     caught = []
     for fn in KERNELS:
@@ -110,6 +132,8 @@ def report(name, launch, layouts=False):
         mem = " ".join(f"{name}:{n}" for name, n in sorted(accesses.items()) if n)
         print(f"{name:34s} {fn.__name__:22s} {seconds:5.1f} s  warps {options.get('num_warps', 4)} regs {r['REG']:3d} "
               f"stack {r['STACK']:4d} shared {k.metadata.shared:6d}  {mem}")
+        if sass_loops:
+            print(f"    loops: {loops(k.asm['cubin'])}")
         if layouts:
             print("\n".join(load_layouts(k.asm["ttgir"])))
 
@@ -119,6 +143,7 @@ def main():
         sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # time the compile, not a cache hit
     layouts = "--layouts" in sys.argv[1:]
+    sass_loops = "--loops" in sys.argv[1:]
     print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
     anchors = [(2, 256, 128, 128, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
                (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
@@ -130,10 +155,10 @@ def main():
         masks = torch.rand(n, g * k * k, s * h, s * w, dtype=dt)
         dy = torch.randn(n, c, s * h, s * w, dtype=dt)
         shape = f"N{n} C{c} {h}x{w} s{s} k{k} {str(dt)[6:]}"
-        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s), layouts)
-        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s), layouts)
-        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s), layouts)
-        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s), layouts)
+        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s), layouts, sass_loops)
+        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s), layouts, sass_loops)
+        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s), layouts, sass_loops)
+        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s), layouts, sass_loops)
 
 
 if __name__ == "__main__":
