@@ -108,7 +108,7 @@ def main():
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument("--quick", action="store_true", help="one tiny shape, one round (a CPU try-out)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--out", help="also write the table to this file (after each row)")
     args = p.parse_args()
     if args.export:
         return export(*args.export)
@@ -145,12 +145,11 @@ def main():
                          + " | ".join(f"{new_ms / ms:.2f}" for ms in old_ms) + f" | {share} | "
                          + " | ".join(f"{d:.1e}" for d in diffs) + " |")
             print(lines[-1], file=sys.stderr)
+            if args.out:  # rewritten after each row, so a run stopped by its time limit keeps its rows
+                with open(args.out, "w") as f:
+                    f.write("\n".join(lines) + "\n")
         del versions, tensors
-    text = "\n".join(lines)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ for step in "$@"; do
       timeout 200 python3 benchmarks/host_costs.py --out "$OUT/host-costs.md" 2>/dev/null | tail -24 ;;
     ab)
       # shellcheck disable=SC2086  # AB_OLD may name several folders, AB_ARGS several options
-      timeout 500 python3 benchmarks/ab.py ${AB_OLD:?set AB_OLD to the exported old kernels} ${AB_ARGS:-} --out "$OUT/ab.md" 2>/dev/null | tail -40 ;;
+      # ab.md holds every finished row even when the time limit stops the run
+      timeout 500 python3 benchmarks/ab.py ${AB_OLD:?set AB_OLD to the exported old kernels} ${AB_ARGS:-} --out "$OUT/ab.md" \
+        > /dev/null 2> "$OUT/ab.log"
+      tail -40 "$OUT/ab.md" ;;
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
