@@ -76,7 +76,9 @@ def _reassemble_kernel(
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
     p_ok = ix < W
-    c_ok = cg < CPG
+    # With EVEN_C the channel mask is a constant the compiler folds away: one predicate then
+    # serves all of a thread's feature loads (recomputed per channel, 32 more instructions a tap)
+    c_ok = tl.full((BLOCK_C,), 1, tl.int1) if EVEN_C else cg < CPG
     sy_ok = sy < S
     # The tile's points, one a thread: [BLOCK_SY * SXP * BLOCK_P], sub-pixel-major. The
     # sampling and the kernel gathers run in this flat layout; each tap's kernel values are then
@@ -117,11 +119,7 @@ def _reassemble_kernel(
         tx = ix + (j % KS - R)
         # where(), not &: the interpreter mistypes a tensor & a scalar bool
         t_ok = tl.where((ty >= 0) & (ty < H), p_ok & (tx >= 0) & (tx < W), False)
-        if EVEN_C:  # one predicate for all of a thread's loads (with channel masks: 32 more instructions a tap)
-            f_ok = t_ok[None, :]
-        else:
-            f_ok = c_ok[:, None] & t_ok[None, :]
-        f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=f_ok, other=0.0)
+        f = tl.load(x_base + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
         kj = tl.reshape(kj, (BLOCK_SY, SXP, BLOCK_P))
         acc += f.to(ACC)[None, None, :, :] * kj[:, :, None, :]
 
