@@ -53,8 +53,9 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, acc_dtype, accumulator, cdiv, corner_probs, feature_grad_blocks, index_dtype, kernel_grad_pixels,
-    kernel_space, mask_grad_blocks, new_output, pow2, sampling_point, subpixel_columns, taps_padded,
+    LAUNCH, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks, index_dtype,
+    kernel_grad_pixels, kernel_space, mask_grad_blocks, new_output, new_space, pow2, sampling_point, subpixel_columns,
+    taps_padded,
 )
 
 
@@ -249,7 +250,7 @@ def _feature_grad_kernel(
     g = tl.program_id(1) // n_cblocks
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
-    c_ok = tl.full((BLOCK_C,), 1, tl.int1) if EVEN_C else cg < CPG
+    c_ok = channel_mask(cg, CPG, BLOCK_C, EVEN_C)
     # The window: source pixels q = p0 - R + i; a step reads SXB sub-pixel columns of each,
     # column m = (i, sub-pixel column) of the tile
     m = tl.arange(0, M)
@@ -375,7 +376,7 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
         h, w, cpg, step,
         S=s, SXB=sxb, KS=kernel_size, KXP=pow2(kernel_size),
-        BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=int(cpg % block_c == 0),
+        BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
         num_warps=4, **LAUNCH,
     )
@@ -412,8 +413,7 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
         shares = new_output(summed, (n, g, s * h, s * w, 4, kk))
         rows = new_output(summed, (n, g, s * h, s * w, 4), dtype=torch.int64)
     else:
-        # the atomics' accumulator, zeroed by the kernel-space launch (one launch fewer)
-        dlogits = new_output(kernel_logits, kernel_logits.shape, dtype=acc, memory_format=torch.contiguous_format)
+        dlogits = new_space(kernel_logits)  # the atomics' accumulator, zeroed by the kernel-space launch
     space = kernel_space(kernel_logits, g, kernel_size, zeroed=dlogits)
     _mask_grad(grad_out, features, dk, kernel_size, g, s)
     _kernel_grad(dk, space, offsets, masks, dlogits, doffsets, shares, rows, kernel_size, g, s)

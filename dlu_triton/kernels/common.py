@@ -54,6 +54,22 @@ def subpixel_columns(ix0, W, S: tl.constexpr, SXP: tl.constexpr, M: tl.constexpr
     return ix, sx, ox, (ix < W) & (sx < S)
 
 
+@triton.jit
+def channel_mask(cg, CPG, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
+    """cg < CPG for a program's channels cg within the group. With EVEN_C (BLOCK_C divides CPG,
+    `even_channels`) it is a constant the compiler folds out of every mask it enters: one
+    predicate then serves all of a thread's loads of a pixel, instead of one recomputed per
+    channel (the forward's tap loop: 194 -> 161 instructions; docs/performance.md, v15)."""
+    if EVEN_C:
+        return tl.full((BLOCK_C,), 1, tl.int1)
+    return cg < CPG
+
+
+def even_channels(channels_per_group, block_c):
+    """EVEN_C for channel_mask."""
+    return int(channels_per_group % block_c == 0)
+
+
 @triton.jit(do_not_specialize=["HW", "G", "BLOCKS"])
 def _kernel_space_kernel(
     l_ptr, p_ptr, z_ptr,  # logits; kernel space out; a buffer laid out like it, zeroed (ZERO)
@@ -100,6 +116,12 @@ def plane_stride(t):
     return None
 
 
+def new_space(logits):
+    """A buffer laid out as kernel_space(logits) returns the space: contiguous, in the
+    accumulator's dtype (the backward's `zeroed` accumulator is allocated by it too)."""
+    return new_output(logits, logits.shape, dtype=accumulator(logits), memory_format=torch.contiguous_format)
+
+
 def kernel_space(logits, group_size, kernel_size, zeroed=None):
     """DLU's kernel space, the softmax of each low-resolution pixel's k*k logits per group, in the
     accumulator's dtype, contiguous [N, G*k*k, H, W] whatever the logits' format (the layout the
@@ -116,7 +138,7 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
         logits = logits.contiguous()
         slp = plane_stride(logits)
     n, _, h, w = logits.shape
-    space = new_output(logits, logits.shape, dtype=accumulator(logits), memory_format=torch.contiguous_format)
+    space = new_space(logits)
     if zeroed is not None:
         assert zeroed.shape == space.shape and zeroed.stride() == space.stride() and zeroed.dtype == space.dtype
     if space.numel() == 0:

@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, acc_dtype, cdiv, forward_blocks, index_dtype, kernel_space, new_output, pow2, sampling_point,
-    subpixel_columns,
+    LAUNCH, acc_dtype, cdiv, channel_mask, even_channels, forward_blocks, index_dtype, kernel_space, new_output, pow2,
+    sampling_point, subpixel_columns,
 )
 
 
@@ -76,9 +76,7 @@ def _reassemble_kernel(
     cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c = (g * CPG + cg).to(IDX)
     p_ok = ix < W
-    # With EVEN_C the channel mask is a constant the compiler folds away: one predicate then
-    # serves all of a thread's feature loads (recomputed per channel, 32 more instructions a tap)
-    c_ok = tl.full((BLOCK_C,), 1, tl.int1) if EVEN_C else cg < CPG
+    c_ok = channel_mask(cg, CPG, BLOCK_C, EVEN_C)
     sy_ok = sy < S
     # The tile's points, one a thread: [BLOCK_SY * SXP * BLOCK_P], sub-pixel-major. The
     # sampling and the kernel gathers run in this flat layout; each tap's kernel values are then
@@ -149,7 +147,7 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
         h, w, cpg,
         S=s, SXP=pow2(s), KS=kernel_size,
-        SAMPLED=int(sampled), BLOCK_P=block_p, BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=int(cpg % block_c == 0),
+        SAMPLED=int(sampled), BLOCK_P=block_p, BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
         ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
         num_warps=warps, **LAUNCH,
     )

@@ -38,7 +38,7 @@ def test_kernel_space_layouts_and_the_zeroed_buffer(kernel_device):
     base = torch.randn(2, 2 * g * k * k, 6, 11, device=kernel_device)
     for logits in (base[:, 1::2], base[:, : g * k * k].contiguous(memory_format=torch.channels_last),
                    base[:, : g * k * k, ::2, 1::3], base[:, : g * k * k, :1], base[:, : g * k * k, :, 3:4]):
-        zeroed = common.new_output(logits, logits.shape, dtype=torch.float32, memory_format=torch.contiguous_format)
+        zeroed = common.new_space(logits)
         assert zeroed.isnan().all()  # the suite's poisoned allocation
         space = common.kernel_space(logits, g, k, zeroed=zeroed)
         assert space.is_contiguous()
