@@ -24,16 +24,20 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
 
 Tiles. The kernels take s as a compile-time constant.
 Step 1: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
-group), a pixel a lane. It loops over the group's channels BLOCK_C at a time: loads the step's
-dy [BLOCK_C, SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_C, BLOCK_P],
-and adds each pixel's channel sums to dK[j] in the thread's registers. So dy is read once, not
-once per tap, and no sum crosses a thread (v7 re-read its dy strip k*k times and reduced each
-tap across warps). Layout note: the compiler lays a load out by the contiguity of its addresses
-and breaks ties toward the first axis, so dy, strided along the pixels, is loaded as
-[BLOCK_P, SXB, BLOCK_C] and permuted; and the features' column is computed from the block size
-passed at run time (P_STEP), so no tap's address looks 16-byte aligned and every tap's load gets
-the same layout (otherwise the aligned middle tap is vectorised into another layout, converted
-through shared memory at every tap).
+group), a pixel a lane. It loops over the group's channels one at a time: loads the channel's
+dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P], and adds each
+product to dK[j] in the thread's registers. So dy is read once, not once per tap, and no sum
+crosses a thread. One channel a step, not a [BLOCK_C, SXB, BLOCK_P] block summed over its
+channels: in that 3-D tile the pixels and the channels are equally strided, and Triton 3.6 gave
+the lanes to the first axis on such a tie, 3.7 and later to the last, so no axis order kept
+the channel sums within a thread for both (under 3.9 the block cost a shared-memory reduction
+and 25 barriers a step); with 2-D tiles there is no tie. The tap column's offset is added to
+the pointer as a constant, the load's immediate offset, and each step moves the two pointers
+on by a channel, so no load costs a 64-bit address add of its own (v16, docs/performance.md).
+Layout note: the features' column is computed from the block size passed at run time
+(P_STEP), so no tap's address looks 16-byte aligned and every tap's load gets the same layout
+(otherwise the aligned middle tap is vectorised into another layout, converted through shared
+memory at every tap).
 Step 2: one program per (output row, BLOCK_P source pixels x s sub-pixel columns, group), the
 columns as one contiguous run.
 Step 3: one program per (input row, window of BLOCK_P source pixels, BLOCK_C channels). For
@@ -86,7 +90,6 @@ def _mask_grad_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     BLOCK_P: tl.constexpr,  # source pixels per program, one a lane
-    BLOCK_C: tl.constexpr,  # channels per step of the channel loop
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -108,30 +111,27 @@ def _mask_grad_kernel(
     q_ok = (sx < S)[:, None] & p_ok[None, :]  # [X, P]
     ox = ix[None, :] * S + sx[:, None]
     j = tl.arange(0, KKP)[:, None, None]
-    cb = tl.arange(0, BLOCK_C)
 
-    # Every tensor here is [..., P] with the lanes along the pixels and the rest in registers
-    # (the compiler's default for these shapes at one warp), so the channel sums are a thread's
-    # own multiply-add chains and dK[j] is a register of the thread (the taps are unrolled, so
-    # `j == jt` is known at compile time and the select below folds away).
+    # Every tensor here is [..., P], a pixel a lane and the rest in the thread's registers, so
+    # each multiply-add is one FMA into dK[j], a register of the thread (the taps are unrolled,
+    # so `j == jt` is known at compile time and the select folds away).
     dk = tl.zeros((KKP, SXB, BLOCK_P), dtype=ACC)
-    gy_row = gy_ptr + n * sgn + oy * sgy + ox * sgx  # [X, P]
-    x_base = x_ptr + n * sxn
-    for c0 in range(0, CPG, BLOCK_C):
-        c_ok = c0 + cb < CPG
-        c = (g * CPG + c0 + cb).to(IDX)
-        # loaded as [P, X, C] and permuted: the layout note in the module docstring
-        dy = tl.load(tl.permute(gy_row, (1, 0))[:, :, None] + (c * sgc)[None, None, :],
-                     mask=tl.permute(q_ok, (1, 0))[:, :, None] & c_ok[None, None, :], other=0.0)
-        dy = tl.permute(dy.to(ACC), (2, 1, 0))  # [C, X, P], read once for all k*k taps
+    gy_row = gy_ptr + n * sgn + (g * CPG).to(IDX) * sgc + oy * sgy + ox * sgx  # [X, P]
+    x_row = x_ptr + n * sxn + (g * CPG).to(IDX) * sxc + ix_rt * sxx  # [P]
+    for _ in range(CPG):  # the pointers step one channel on
+        dy = tl.load(gy_row, mask=q_ok, other=0.0).to(ACC)  # [X, P], for all k*k taps
         for jt in tl.static_range(KK):
             ty = iy + (jt // KS - R)
             tx = ix_rt + (jt % KS - R)
             # where(), not &: the interpreter mistypes a tensor & a scalar bool
             t_ok = tl.where((ty >= 0) & (ty < H), p_ok & (tx >= 0) & (tx < W), False)
-            xc = tl.load(x_base + (c * sxc)[:, None] + (ty * sxy + tx * sxx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)
-            part = tl.sum(dy * xc.to(ACC)[:, None, :], axis=0)  # [X, P]
-            dk += tl.where(j == jt, part[None, :, :], 0.0)
+            # the tap column's offset is a constant added to the pointer (an immediate offset of
+            # the load when sxx = 1), not folded into an int32 index, which cost each load its
+            # own 64-bit address add
+            xc = tl.load(x_row + ty * sxy + (jt % KS - R) * sxx, mask=t_ok, other=0.0)
+            dk += tl.where(j == jt, (dy * xc.to(ACC)[None, :])[None, :, :], 0.0)
+        gy_row += sgc
+        x_row += sxc
 
     dk_at = dk_ptr + n * skn + ((g * KK + j) * skc) + (oy * sky + ox * skx)[None, :, :]
     tl.store(dk_at, dk.to(dk_ptr.dtype.element_ty), mask=(j < KK) & q_ok[None, :, :])
@@ -329,12 +329,12 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     """dk receives the kernel (mask) gradient [N, G*k*k, s*H, s*W]."""
     n, c, h, w = features.shape
     s = scale_factor
-    block_c, block_p, sxb = mask_grad_blocks(c // group_size, w, s)
+    block_p, sxb = mask_grad_blocks(w, s)
     grid = (n * s * h * cdiv(w, block_p) * cdiv(s, sxb), group_size)
     _mask_grad_kernel[grid](
         grad_out, features, dk, *grad_out.stride(), *features.stride(), *dk.stride(),
         h, w, c // group_size, block_p,
-        S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p, BLOCK_C=block_c,
+        S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p,
         ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
         num_warps=1, **LAUNCH,
     )

@@ -247,15 +247,14 @@ def kernel_grad_pixels(row_length, scale_factor):
     return max(1, min(32 // pow2(scale_factor), pow2(row_length)))
 
 
-def mask_grad_blocks(channels_per_group, row_length, scale_factor):
-    """The mask gradient's tiles: (BLOCK_C, BLOCK_P, SXB), a one-warp program's BLOCK_P source
-    pixels (one a lane, up to 32) x SXB sub-pixel columns (up to 2) of one output row, with the
-    channels looped BLOCK_C at a time. A thread holds its pixel's dK [k*k, SXB] (64 fp32
-    registers at SXB = 2) and the step's dy [BLOCK_C, SXB]."""
+def mask_grad_blocks(row_length, scale_factor):
+    """The mask gradient's tiles: (BLOCK_P, SXB), a one-warp program's BLOCK_P source pixels (one
+    a lane, up to 32) x SXB sub-pixel columns (up to 2) of one output row, the channels looped
+    one at a time. A thread holds its pixel's dK [k*k, SXB] (50 fp32 registers at k = 5,
+    SXB = 2) and the channel's dy [SXB]."""
     sxb = min(pow2(scale_factor), 2)
     block_p = min(32, pow2(row_length))
-    block_c = min(pow2(channels_per_group), 8)
-    return block_c, block_p, sxb
+    return block_p, sxb
 
 
 def feature_grad_blocks(channels_per_group, row_length, scale_factor, kernel_size):
