@@ -1,10 +1,14 @@
 """Same-process A/B: this checkout's kernels against another version of them, on the same inputs.
 
-    python benchmarks/ab.py --export REV DIR      # DIR receives REV's dlu_triton/kernels (needs git)
-    python benchmarks/ab.py DIR [DIR ...] [--ops dlu_backward] [--quick] [--out FILE]
+    python benchmarks/ab.py --export REV DIR [--patch FILE]   # DIR receives REV's dlu_triton/kernels (needs git),
+                                                              # with a candidate patch applied
+    python benchmarks/ab.py DIR [DIR ...] [--ops dlu_backward] [--shapes 0 2] [--quick] [--out FILE]
 
 The device machine gets the working tree without .git, so export the old kernels first (into an
-untracked folder such as scratch/, which travels with the tree). For each anchor shape and op
+untracked folder such as scratch/, which travels with the tree). Candidates not yet measured are
+kept as patches against main's kernels in benchmarks/candidates/ (a branch does not outlive the
+session that made it; main does): `--export HEAD DIR --patch benchmarks/candidates/NAME.patch`
+gives the candidate's kernels. For each anchor shape (or those --shapes picks by index) and op
 (the launchers `dlu_forward`, `carafe_forward`, `dlu_backward`, `carafe_backward`, each with all
 its launches) it times each old version and the new one in turn, three rounds each, and reports
 the median of the rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall
@@ -42,8 +46,9 @@ QUICK = [(1, 4, 3, 4, 3, 2, 3, torch.float32)]
 ROUNDS = 3
 
 
-def export(rev, folder):
-    """REV's kernel files into `folder`, as an importable package."""
+def export(rev, folder, patch=None):
+    """REV's kernel files into `folder`, as an importable package, with `patch` (a diff of
+    dlu_triton/kernels, as `git diff` writes it) applied."""
     path = "dlu_triton/kernels"
     names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:{path}"], capture_output=True, text=True,
                            check=True).stdout.split()
@@ -53,7 +58,10 @@ def export(rev, folder):
             text = subprocess.run(["git", "show", f"{rev}:{path}/{name}"], capture_output=True, text=True, check=True).stdout
             with open(os.path.join(folder, name), "w") as f:
                 f.write(text)
-    print(f"{rev}'s {path} -> {folder}")
+    # -p3 drops a/dlu_triton/kernels/ from the patch's paths
+    if patch and subprocess.run(["git", "apply", "-p3", f"--directory={folder}", "--unsafe-paths", patch]).returncode:
+        sys.exit(f"{patch} does not apply to {rev}'s kernels: regenerate it against {rev}")
+    print(f"{rev}'s {path}" + (f" with {patch}" if patch else "") + f" -> {folder}")
 
 
 def load(folder, index):
@@ -105,13 +113,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("old", nargs="*", help="folders with old dlu_triton/kernels files")
     p.add_argument("--export", nargs=2, metavar=("REV", "DIR"), help="write REV's kernels to DIR and stop")
+    p.add_argument("--patch", help="with --export: apply this candidate patch to the exported kernels")
+    p.add_argument("--shapes", nargs="+", type=int, metavar="I", help="only these anchors (indices into ANCHORS)")
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument("--quick", action="store_true", help="one tiny shape, one round (a CPU try-out)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="also write the table to this file (after each row)")
     args = p.parse_args()
     if args.export:
-        return export(*args.export)
+        return export(*args.export, patch=args.patch)
     if not args.old:
         p.error("give the old kernels' folder (or --export REV DIR)")
     olds = [load(folder, i) for i, folder in enumerate(args.old)]
@@ -126,7 +136,8 @@ def main():
              + " | ".join(f"new/{nm}" for nm in names) + " | new of floor | "
              + " | ".join(f"max rel diff vs {nm}" for nm in names) + " |",
              "|---|---|" + "---|" * (3 * len(names) + 2)]
-    for shape in QUICK if args.quick else ANCHORS:
+    shapes = QUICK if args.quick else [ANCHORS[i] for i in args.shapes] if args.shapes else ANCHORS
+    for shape in shapes:
         n, c, h, w, k, g, s, dt = shape
         label = f"N{n} C{c} {h}x{w} s{s} k{k} G{g} {str(dt)[6:]}"
         tensors = inputs(shape, device)

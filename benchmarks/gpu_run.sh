@@ -6,9 +6,10 @@
 #   bash benchmarks/gpu_run.sh modules                     # the modules' time: host, kernels, idle (target 4)
 #   bash benchmarks/gpu_run.sh host                        # host time of each layer of a call (launch, op, autograd)
 #   AB_OLD="DIR [DIR...]" bash benchmarks/gpu_run.sh ab    # A/B against each DIR (from benchmarks/ab.py --export REV DIR);
-#                                                          # AB_ARGS="--ops dlu_backward" passes options on
-# The timeouts let three device calls (each under 10 minutes) do everything:
-#   tests bench  |  profile sanitize  |  props compare
+#                                                          # AB_ARGS="--ops dlu_backward" passes options on,
+#                                                          # AB_TAG=fwd writes ab-fwd.md (several A/Bs a call)
+# A session's device time is 15 minutes in all, the machine's start included: one call of about
+# 9 minutes, planned in docs/performance.md ("GPU plan"), not one per step.
 # mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -29,9 +30,10 @@ for step in "$@"; do
     ab)
       # shellcheck disable=SC2086  # AB_OLD may name several folders, AB_ARGS several options
       # ab.md holds every finished row even when the time limit stops the run
-      timeout 500 python3 benchmarks/ab.py ${AB_OLD:?set AB_OLD to the exported old kernels} ${AB_ARGS:-} --out "$OUT/ab.md" \
-        > /dev/null 2> "$OUT/ab.log"
-      tail -40 "$OUT/ab.md" ;;
+      ab="$OUT/ab${AB_TAG:+-$AB_TAG}"
+      timeout "${AB_TIMEOUT:-500}" python3 benchmarks/ab.py ${AB_OLD:?set AB_OLD to the exported old kernels} ${AB_ARGS:-} \
+        --out "$ab.md" > /dev/null 2> "$ab.log"
+      tail -40 "$ab.md" ;;
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
