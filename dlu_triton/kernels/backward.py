@@ -57,9 +57,9 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks, index_dtype,
-    kernel_grad_pixels, kernel_space, mask_grad_blocks, new_output, new_space, pow2, sampling_point, subpixel_columns,
-    taps_padded,
+    LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks,
+    index_dtype, kernel_grad_pixels, kernel_space, mask_grad_blocks, new_output, new_space, pow2, sampling_point,
+    subpixel_columns, taps_padded,
 )
 
 
@@ -155,6 +155,7 @@ def _kernel_grad_kernel(
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     ATOMIC: tl.constexpr,  # 1 adds the logits' gradient with atomics, 0 stores corner shares
     BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
+    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied load axes
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -177,10 +178,10 @@ def _kernel_grad_kernel(
     y0, y1, x0, x1, fy, fx, in_y, in_x = sampling_point(
         off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, q_ok, soc, H, W, S, ACC)
     p_base = p_ptr + n * spn
-    p00 = corner_probs(p_base, y0.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
-    p01 = corner_probs(p_base, y0.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
-    p10 = corner_probs(p_base, y1.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
-    p11 = corner_probs(p_base, y1.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC)
+    p00 = corner_probs(p_base, y0.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC, TIES_LAST)
+    p01 = corner_probs(p_base, y0.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC, TIES_LAST)
+    p10 = corner_probs(p_base, y1.to(IDX) * spy + x0.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC, TIES_LAST)
+    p11 = corner_probs(p_base, y1.to(IDX) * spy + x1.to(IDX) * spx, g, q_ok, spc, KK, KKP, ACC, TIES_LAST)
     w00 = (1.0 - fy) * (1.0 - fx)
     w01 = (1.0 - fy) * fx
     w10 = fy * (1.0 - fx)
@@ -235,6 +236,7 @@ def _feature_grad_kernel(
     BLOCK_P: tl.constexpr,  # source pixels (of one row) in a program's window
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the dy loads need no channel mask
+    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied load axes
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -269,10 +271,15 @@ def _feature_grad_kernel(
             oy = qy * S + sy
             for sx0 in range(0, S, SXB):
                 ox = q * S + sx0 + m % SXB
-                # loaded as [columns, channels] and permuted: with s odd no axis is contiguous,
-                # and the compiler would put the lanes along the first (the layout note above)
-                dy = tl.load(gy_base_t + (oy * sgy + ox * sgx)[:, None], mask=ok[:, None] & c_ok[None, :], other=0.0)
-                dy = tl.permute(dy.to(ACC), (1, 0))  # read once for the k tap columns
+                # read once for the k tap columns; with s odd no axis is contiguous, and the
+                # lanes must go to the columns (common.TIES_LAST)
+                if TIES_LAST:
+                    dy = tl.load(tl.permute(gy_base_t, (1, 0)) + (oy * sgy + ox * sgx)[None, :],
+                                 mask=ok[None, :] & c_ok[:, None], other=0.0)
+                else:
+                    dy = tl.permute(tl.load(gy_base_t + (oy * sgy + ox * sgx)[:, None],
+                                            mask=ok[:, None] & c_ok[None, :], other=0.0), (1, 0))
+                dy = dy.to(ACC)
                 if SXB == 2:
                     dy0, dy1 = tl.split(tl.reshape(dy, (BLOCK_C, BLOCK_P, 2)))
                 for kx in tl.static_range(KS):
@@ -359,7 +366,7 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
         *tensors, shares, rows, *(st for t in tensors for st in t.stride()),
         h, w,
         S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
-        ATOMIC=int(atomic), BLOCK_P=block_p,
+        ATOMIC=int(atomic), BLOCK_P=block_p, TIES_LAST=TIES_LAST,
         ACC=acc_dtype(dk), IDX=index_dtype(*tensors, shares),
         num_warps=4, **LAUNCH,
     )
@@ -376,7 +383,7 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
         grad_out, masks, dfeatures, *grad_out.stride(), *masks.stride(), *dfeatures.stride(),
         h, w, cpg, step,
         S=s, SXB=sxb, KS=kernel_size, KXP=pow2(kernel_size),
-        BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
+        BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c), TIES_LAST=TIES_LAST,
         ACC=acc_dtype(dfeatures), IDX=index_dtype(grad_out, masks, dfeatures),
         num_warps=4, **LAUNCH,
     )

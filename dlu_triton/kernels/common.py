@@ -157,12 +157,24 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
 
 
 @triton.jit
-def corner_probs(p_base, corner, g, ok, spc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr):
-    """The kernel space's k*k probabilities of group g at each point's corner, [*points, KKP]
-    (zero on padding taps)."""
-    j = tl.arange(0, KKP)
-    v = tl.load(p_base + tl.expand_dims(corner, -1) + (g * KK + j) * spc, mask=tl.expand_dims(ok, -1) & (j < KK), other=0.0)
+def corner_probs(p_base, corner, g, ok, spc, KK: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr,
+                 TIES_LAST: tl.constexpr):
+    """The kernel space's k*k probabilities of group g at each point's corner, [points, KKP]
+    (zero on padding taps). Neither axis is contiguous, so the lanes go to the points by the
+    axis order that TIES_LAST names."""
+    tap = (g * KK + tl.arange(0, KKP)) * spc
+    tap_ok = tl.arange(0, KKP) < KK
+    if TIES_LAST:
+        v = tl.load(p_base + corner[None, :] + tap[:, None], mask=ok[None, :] & tap_ok[:, None], other=0.0)
+        return tl.permute(v, (1, 0)).to(ACC)
+    v = tl.load(p_base + corner[:, None] + tap[None, :], mask=ok[:, None] & tap_ok[None, :], other=0.0)
     return v.to(ACC)
+
+
+# Between two axes of a load that are equally contiguous, Triton 3.6 gives the lanes to the
+# first, 3.7 and later to the last (docs/performance.md, "the tie rule"). A tile whose lanes
+# must run along one of two such axes is loaded with that axis first or last by this flag.
+TIES_LAST = int(tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7))
 
 
 # Launch options of every kernel. FMA contraction is asked for explicitly: Triton 3.9 warns that

@@ -41,6 +41,14 @@ def test_backward_scale_factors(kernel_device, shape):
     check_backward(shape, kernel_device)
 
 
+@pytest.mark.parametrize("ties_last", [0, 1])
+def test_backward_both_tie_rules(kernel_device, ties_last, monkeypatch):
+    """Both load orders that common.TIES_LAST picks between (the installed Triton takes one): the
+    kernel gradient's corner gathers and, at an odd s, the features gradient's dy tile."""
+    monkeypatch.setattr(backward, "TIES_LAST", ties_last)
+    check_backward(SCALES[0], kernel_device)
+
+
 def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
     inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=dtype_for(kernel_device), device=kernel_device)
     grad = torch.randn(1, 4, 6, 8, dtype=inputs[0].dtype, device=kernel_device)
