@@ -112,9 +112,10 @@ def _mask_grad_kernel(
     ox = ix[None, :] * S + sx[:, None]
     j = tl.arange(0, KKP)[:, None, None]
 
-    # Every tensor here is [..., P], a pixel a lane and the rest in the thread's registers, so
-    # each multiply-add is one FMA into dK[j], a register of the thread (the taps are unrolled,
-    # so `j == jt` is known at compile time and the select folds away).
+    # Every tensor here is [..., P], a pixel a lane (at BLOCK_P = 32; a shorter row puts the
+    # sub-pixel columns on the spare lanes) and the rest in the thread's registers, so each
+    # multiply-add is one FMA into dK[j], a register of the thread (the taps are unrolled, so
+    # `j == jt` is known at compile time and the select folds away).
     dk = tl.zeros((KKP, SXB, BLOCK_P), dtype=ACC)
     gy_row = gy_ptr + n * sgn + (g * CPG).to(IDX) * sgc + oy * sgy + ox * sgx  # [X, P]
     x_row = x_ptr + n * sxn + (g * CPG).to(IDX) * sxc + ix_rt * sxx  # [P]
