@@ -58,8 +58,8 @@ import triton.language as tl
 
 from .common import (
     LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks,
-    index_dtype, kernel_grad_pixels, kernel_space, mask_grad_blocks, new_output, new_space, pow2, sampling_point,
-    subpixel_columns, taps_padded,
+    index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first, mask_grad_blocks, new_output, new_space, pow2,
+    sampling_point, subpixel_columns, taps_padded,
 )
 
 
@@ -273,14 +273,10 @@ def _feature_grad_kernel(
             for sx0 in range(0, S, SXB):
                 ox = q * S + sx0 + m % SXB
                 # read once for the k tap columns; with s odd no axis is contiguous, and the
-                # lanes must go to the columns (common.TIES_LAST)
-                if TIES_LAST:
-                    dy = tl.load(tl.permute(gy_base_t, (1, 0)) + (oy * sgy + ox * sgx)[None, :],
-                                 mask=ok[None, :] & c_ok[:, None], other=0.0)
-                else:
-                    dy = tl.permute(tl.load(gy_base_t + (oy * sgy + ox * sgx)[:, None],
-                                            mask=ok[:, None] & c_ok[None, :], other=0.0), (1, 0))
-                dy = dy.to(ACC)
+                # lanes must go to the columns
+                dy = load_lanes_first(gy_base_t + (oy * sgy + ox * sgx)[:, None], ok[:, None] & c_ok[None, :],
+                                      TIES_LAST)
+                dy = tl.permute(dy.to(ACC), (1, 0))
                 if SXB == 2:
                     dy0, dy1 = tl.split(tl.reshape(dy, (BLOCK_C, BLOCK_P, 2)))
                 for kx in tl.static_range(KS):

@@ -162,18 +162,24 @@ def corner_probs(p_base, corner, g, ok, spc, KK: tl.constexpr, KKP: tl.constexpr
     """The kernel space's k*k probabilities of group g at each point's corner, [points, KKP]
     (zero on padding taps). Neither axis is contiguous, so the lanes go to the points by the
     axis order that TIES_LAST names."""
-    tap = (g * KK + tl.arange(0, KKP)) * spc
-    tap_ok = tl.arange(0, KKP) < KK
-    if TIES_LAST:
-        v = tl.load(p_base + corner[None, :] + tap[:, None], mask=ok[None, :] & tap_ok[:, None], other=0.0)
-        return tl.permute(v, (1, 0)).to(ACC)
-    v = tl.load(p_base + corner[:, None] + tap[None, :], mask=ok[:, None] & tap_ok[None, :], other=0.0)
+    j = tl.arange(0, KKP)
+    v = load_lanes_first(p_base + corner[:, None] + ((g * KK + j) * spc)[None, :], ok[:, None] & (j < KK)[None, :],
+                         TIES_LAST)
     return v.to(ACC)
 
 
+@triton.jit
+def load_lanes_first(ptrs, mask, TIES_LAST: tl.constexpr):
+    """A 2-D tile (zero where masked) whose axes are equally contiguous, loaded with the lanes
+    along the first axis: the compiler gives a tie to the first axis (TIES_LAST = 0) or to the
+    last (1), so the tile is loaded transposed for the latter."""
+    if TIES_LAST:
+        return tl.permute(tl.load(tl.permute(ptrs, (1, 0)), mask=tl.permute(mask, (1, 0)), other=0.0), (1, 0))
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
 # Between two axes of a load that are equally contiguous, Triton 3.6 gives the lanes to the
-# first, 3.7 and later to the last (docs/performance.md, "the tie rule"). A tile whose lanes
-# must run along one of two such axes is loaded with that axis first or last by this flag.
+# first, 3.7 and later to the last (docs/performance.md, "the tie rule"): load_lanes_first's flag.
 TIES_LAST = int(tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7))
 
 
