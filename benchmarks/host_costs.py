@@ -50,8 +50,8 @@ def calls(device):
     grad = torch.randn(n, c, s * h, s * w, device=device)
     space = common.kernel_space(logits, g, k)
     dk, k_out = torch.empty_like(masks), torch.empty_like(masks)
-    dlogits, doffsets, dx = torch.zeros_like(logits), torch.empty_like(offsets), torch.empty_like(x)
-    zeroed = torch.empty_like(space)
+    dlogits, doffsets, dx = torch.zeros_like(logits)[None], torch.empty_like(offsets), torch.empty_like(x)
+    zeroed = torch.empty_like(space)[None]
     xg, lg, og, mg = (t.clone().requires_grad_() for t in (x, logits, offsets, masks))
     a = torch.randn(1024, device=device)
     b = torch.empty_like(a)
@@ -67,7 +67,7 @@ def calls(device):
             dk, space, offsets, k_out, dlogits, doffsets, None, None, k, g, s),
         "launcher: features gradient": lambda: backward._feature_grad(grad, masks, dx, k, g, s),
         "launcher: logits gradient out": lambda: backward._logit_grad_out(
-            dlogits.view(n, g, k * k, h, w), space, dlogits, k, g),
+            dlogits.view(1, n, g, k * k, h, w), space, dlogits[0], k, g),
         "kernels.forward.dlu_forward": lambda: forward.dlu_forward(x, logits, offsets, k, g, s),
         "kernels.backward.dlu_backward": lambda: backward.dlu_backward(grad, x, logits, offsets, k, g, s),
         "torch.ops.dlu_triton.dlu_upsample": lambda: torch.ops.dlu_triton.dlu_upsample(x, logits, offsets, k, g, s),

@@ -5,6 +5,9 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
 1. Mask gradient, a channel reduction per output pixel (no scatter):
        dK[g, j, o] = sum_{c in g} dy[c, o] * x[c, q(o) + d_j]
    CARAFE stores it as the masks' gradient; DLU into a temporary [N, G*k*k, sH, sW] (no C).
+   All s*s output pixels o of one source pixel q read the same k*k neighbourhood, so per q it
+   is a matrix product over the channels: dK_q[t, j] = sum_c DY_q[t, c] X_q[c, j], with
+   DY_q[t, c] = dy[c, (q, t)] (t the sub-pixel) and X_q[c, j] = x[c, q + d_j].
 2. DLU only, the kernel gradient through the sampling and the softmax, from dK: with the kernel
    space's probabilities P_c at the corners (the softmax, computed once per low-resolution pixel
    before the launch, as in the forward) and bilinear weights w_c, K = sum_c w_c P_c, so
@@ -12,18 +15,26 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
        d logits[., corner c] += w_c * P_c * (dK - <P_c, dK>)                         (softmax backward)
    The offsets' gradient belongs to one output pixel and is stored directly; the logits' gradient
    lands on corners that the offsets choose, so it is scattered with fp32 atomics (fp64 for fp64
-   inputs), whose order, and so whose last bits, vary run to run. The deterministic variant
+   inputs), whose order, and so whose last bits, vary run to run. Each kernel-space value takes
+   about 4*s*s of them, and same-address atomics serialise, so at s >= 8 output row oy adds into
+   copy oy % copies of the accumulator (common.logit_grad_copies), summed in step 4. The deterministic variant
    (under torch.use_deterministic_algorithms) instead stores each point's four corner shares
    with their target rows, and torch's index_add_, deterministic in that mode, sums them in a
    fixed order. This step also writes K, which step 3 needs; it lives only during backward.
 3. Features gradient, a gather over the output pixels whose taps read each input pixel:
        dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
    so every input pixel is written once, without atomics.
-4. DLU only: the logits' gradient from either summation's buffer into its own dtype and memory
-   format, NaN where the kernel space is NaN (the softmax backward is dense), in one pass.
+4. DLU only: the logits' gradient from either summation's buffer (the atomics' copies summed)
+   into its own dtype and memory format, NaN where the kernel space is NaN (the softmax backward
+   is dense), in one pass.
 
 Tiles. The kernels take s as a compile-time constant.
-Step 1: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
+Step 1 at s >= 4 (k >= 3): a program per (source pixel, BLOCK_SY sub-pixel rows, group) computes
+[sub-pixels, k*k padded] = DY_q @ X_q on the tensor cores, BLOCK_C channels a step (16 or 64
+sub-pixels a product, common.mask_grad_dot_blocks). float32 takes three tf32 products (tf32x3,
+about float32's accuracy); float16 and bfloat16 values are exact in tf32 and take one. Per
+multiply-add the sm_90 code issues about a quarter of the per-channel kernel's instructions.
+Step 1 below s = 4: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
 group), a pixel a lane. It loops over the group's channels one at a time: loads the channel's
 dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P], and adds each
 product to dK[j] in the thread's registers. So dy is read once, not once per tap, and no sum
@@ -58,7 +69,8 @@ import triton.language as tl
 
 from .common import (
     LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks,
-    index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first, mask_grad_blocks, new_output, new_space, pow2,
+    dot_precision, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first, logit_grad_copies, mask_grad_blocks,
+    mask_grad_dot_blocks, new_output, new_space, pow2,
     sampling_point, subpixel_columns, taps_padded,
 )
 
@@ -138,16 +150,70 @@ def _mask_grad_kernel(
     tl.store(dk_at, dk.to(dk_ptr.dtype.element_ty), mask=(j < KK) & q_ok[None, :, :])
 
 
+@triton.jit(do_not_specialize=["H", "W", "CPG"])
+def _mask_grad_dot_kernel(
+    gy_ptr, x_ptr, dk_ptr,  # dy; features; mask gradient dK out
+    sgn, sgc, sgy, sgx,  # dy strides
+    sxn, sxc, sxy, sxx,  # features strides
+    skn, skc, sky, skx,  # dK strides
+    H, W, CPG,  # low-resolution size, channels per group
+    S: tl.constexpr,  # scale factor
+    SXP: tl.constexpr,  # s rounded up to a power of two
+    KS: tl.constexpr,  # kernel size k
+    KKP: tl.constexpr,  # k*k rounded up to a power of two
+    BLOCK_SY: tl.constexpr,  # sub-pixel rows per program (BLOCK_SY * SXP sub-pixels, the product's rows)
+    BLOCK_C: tl.constexpr,  # channels per product (its inner dimension)
+    EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
+    PRECISION: tl.constexpr,  # tl.dot input precision (dot_precision)
+    ACC: tl.constexpr,  # accumulator dtype
+    IDX: tl.constexpr,  # index dtype
+):
+    KK: tl.constexpr = KS * KS
+    R: tl.constexpr = KS // 2
+    T: tl.constexpr = BLOCK_SY * SXP
+    n_yblocks: tl.constexpr = (S + BLOCK_SY - 1) // BLOCK_SY
+    pid = tl.program_id(0)  # ((n * H + iy) * W + ix) * n_yblocks + yblock
+    sy0 = (pid % n_yblocks) * BLOCK_SY
+    pix = pid // n_yblocks
+    ix = (pix % W).to(IDX)
+    iy = (pix // W % H).to(IDX)
+    n = (pix // W // H).to(IDX)
+    g = tl.program_id(1)
+    t = tl.arange(0, T)  # the program's sub-pixels of source pixel (iy, ix), row-major
+    ty = sy0 + t // SXP
+    tx = t % SXP
+    t_ok = (ty < S) & (tx < S)
+    oy = iy * S + ty
+    ox = ix * S + tx
+    j = tl.arange(0, KKP)
+    jy = iy + (j // KS - R)
+    jx = ix + (j % KS - R)
+    j_ok = (j < KK) & (jy >= 0) & (jy < H) & (jx >= 0) & (jx < W)
+    cb = tl.arange(0, BLOCK_C)
+    gy_at = gy_ptr + n * sgn + (oy * sgy + ox * sgx)[:, None]  # [T, 1]
+    x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, KKP]
+    acc = tl.zeros((T, KKP), dtype=ACC)
+    for c0 in range(0, CPG, BLOCK_C):
+        cg = c0 + cb
+        c_ok = channel_mask(cg, CPG, BLOCK_C, EVEN_C)
+        c = (g * CPG + cg).to(IDX)
+        dy = tl.load(gy_at + (c * sgc)[None, :], mask=t_ok[:, None] & c_ok[None, :], other=0.0)  # [T, C]
+        xc = tl.load(x_at + (c * sxc)[:, None], mask=c_ok[:, None] & j_ok[None, :], other=0.0)  # [C, KKP]
+        acc = tl.dot(dy.to(ACC), xc.to(ACC), acc, input_precision=PRECISION)
+    dk_at = dk_ptr + n * skn + ((g * KK + j) * skc)[None, :] + (oy * sky + ox * skx)[:, None]
+    tl.store(dk_at, acc.to(dk_ptr.dtype.element_ty), mask=t_ok[:, None] & (j < KK)[None, :])
+
+
 @triton.jit(do_not_specialize=["H", "W"])
 def _kernel_grad_kernel(
     dk_ptr, p_ptr, off_ptr, k_ptr, dl_ptr, doff_ptr,  # dK; kernel space; offsets; K out;
-    # logits-gradient accumulator; offsets gradient
+    # logits-gradient accumulator copies; offsets gradient
     share_ptr, row_ptr,  # deterministic: corner shares [N, G, sH, sW, 4, k*k], their rows [.., 4]
     sdkn, sdkc, sdky, sdkx,  # dK strides
     spn, spc, spy, spx,  # kernel-space strides
     son, soc, soy, sox,  # offsets strides
     skn, skc, sky, skx,  # K strides
-    sdn, sdc, sdy, sdx,  # logits-gradient accumulator strides
+    sdr, sdn, sdc, sdy, sdx,  # logits-gradient accumulator strides: copy, image, channel, row, column
     sen, sec, sey, sex,  # offsets-gradient strides
     H, W,  # low-resolution size
     S: tl.constexpr,  # scale factor (constexpr: output columns ix*s + sx must look contiguous)
@@ -155,6 +221,7 @@ def _kernel_grad_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     ATOMIC: tl.constexpr,  # 1 adds the logits' gradient with atomics, 0 stores corner shares
+    COPIES: tl.constexpr,  # accumulator copies (ATOMIC): output row oy adds into copy oy % COPIES
     BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
     TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied load axes
     ACC: tl.constexpr,  # accumulator dtype
@@ -205,7 +272,7 @@ def _kernel_grad_kernel(
     tl.store(e_base + e_ch * sec, d_px.to(doff_ty), mask=q_ok)
     tl.store(e_base + (e_ch + S * S) * sec, d_py.to(doff_ty), mask=q_ok)
 
-    d_base = dl_ptr + n * sdn + ((g * KK + j) * sdc)[None, :]
+    d_base = dl_ptr + (oy % COPIES) * sdr + n * sdn + ((g * KK + j) * sdc)[None, :]
     ng = n * tl.num_programs(1) + g
     point = (ng * (H * S) + oy) * (W * S) + ox  # [M], in the share buffers
     share = share_ptr + (point * 4 * KK)[:, None] + j[None, :]
@@ -306,13 +373,13 @@ def _feature_grad_kernel(
     tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & keep[None, :])
 
 
-@triton.jit(do_not_specialize=["TOTAL", "H", "W", "G"])
+@triton.jit(do_not_specialize=["TOTAL", "H", "W", "G", "COPIES"])
 def _logit_grad_out_kernel(
-    sum_ptr, p_ptr, out_ptr,  # summed logits gradient (accumulator dtype); kernel space; logits gradient out
-    ssn, ssg, ssj, ssy, ssx,  # summed-gradient strides, by image, group, tap, row, column
+    sum_ptr, p_ptr, out_ptr,  # summed logits gradient's copies (accumulator dtype); kernel space; logits gradient out
+    ssr, ssn, ssg, ssj, ssy, ssx,  # summed-gradient strides, by copy, image, group, tap, row, column
     spn, spc, spy, spx,  # kernel-space strides
     sun, suc, suy, sux,  # output strides
-    TOTAL, H, W, G,  # output elements, low-resolution size, groups
+    TOTAL, H, W, G, COPIES,  # output elements, low-resolution size, groups, copies to add up
     KK: tl.constexpr,  # taps k*k
     BLOCK: tl.constexpr,  # output elements per program
     IDX: tl.constexpr,  # index dtype
@@ -323,7 +390,11 @@ def _logit_grad_out_kernel(
     y = e // W % H
     ch = e // (W * H) % (G * KK)
     n = e // (W * H * G * KK)
-    d = tl.load(sum_ptr + n * ssn + ch // KK * ssg + ch % KK * ssj + y * ssy + x * ssx, mask=ok, other=0.0)
+    at = sum_ptr + n * ssn + ch // KK * ssg + ch % KK * ssj + y * ssy + x * ssx
+    d = tl.load(at, mask=ok, other=0.0)
+    for _ in range(1, COPIES):  # the pointers step a copy on (no int32 copy * stride product)
+        at += ssr
+        d += tl.load(at, mask=ok, other=0.0)
     p = tl.load(p_ptr + n * spn + ch * spc + y * spy + x * spx, mask=ok, other=0.0)
     d = tl.where(p != p, float("nan"), d)
     tl.store(out_ptr + n * sun + ch * suc + y * suy + x * sux, d.to(out_ptr.dtype.element_ty), mask=ok)
@@ -333,6 +404,19 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     """dk receives the kernel (mask) gradient [N, G*k*k, s*H, s*W]."""
     n, c, h, w = features.shape
     s = scale_factor
+    cpg = c // group_size
+    dot = mask_grad_dot_blocks(cpg, s, kernel_size)
+    if dot:
+        block_sy, block_c, warps = dot
+        _mask_grad_dot_kernel[(n * h * w * cdiv(s, block_sy), group_size)](
+            grad_out, features, dk, *grad_out.stride(), *features.stride(), *dk.stride(),
+            h, w, cpg,
+            S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
+            BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
+            PRECISION=dot_precision(features), ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
+            num_warps=warps, **LAUNCH,
+        )
+        return
     block_p, sxb = mask_grad_blocks(w, s)
     grid = (n * s * h * cdiv(w, block_p) * cdiv(s, sxb), group_size)
     _mask_grad_kernel[grid](
@@ -348,14 +432,15 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
     """DLU's chain rule from dK through the sampling and the softmax: k_out receives K, doffsets
     the offsets' gradient, and the logits' gradient is added to dlogits (zeroed) with atomics,
     or, given shares and rows instead (dlogits None), stored there as corner shares for a
-    deterministic sum."""
+    deterministic sum. dlogits holds copies of the accumulator on its first axis (output row oy
+    adds into copy oy % copies)."""
     n, _, h, w = offsets.shape
     s = scale_factor
     atomic = shares is None
     if atomic:
         shares = rows = dlogits  # placeholders: the atomic kernel never reads them
     else:
-        dlogits = space  # a placeholder: the deterministic kernel never touches dlogits
+        dlogits = space[None]  # a placeholder: the deterministic kernel never touches dlogits
     block_p = kernel_grad_pixels(w, s)
     grid = (n * s * h * cdiv(w, block_p), group_size)
     tensors = (dk, space, offsets, k_out, dlogits, doffsets)
@@ -363,7 +448,7 @@ def _kernel_grad(dk, space, offsets, k_out, dlogits, doffsets, shares, rows, ker
         *tensors, shares, rows, *(st for t in tensors for st in t.stride()),
         h, w,
         S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
-        ATOMIC=int(atomic), BLOCK_P=block_p, TIES_LAST=TIES_LAST,
+        ATOMIC=int(atomic), COPIES=dlogits.shape[0], BLOCK_P=block_p, TIES_LAST=TIES_LAST,
         ACC=acc_dtype(dk), IDX=index_dtype(*tensors, shares),
         num_warps=4, **LAUNCH,
     )
@@ -387,14 +472,14 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
 
 
 def _logit_grad_out(summed, space, out, kernel_size, group_size):
-    """out receives the logits' gradient from `summed`, viewed [N, G, k*k, H, W] (either
-    summation's buffer, any strides), NaN where the kernel space is NaN: one pass instead of
-    isnan, masked_fill and a dtype copy."""
+    """out receives the logits' gradient from `summed`, viewed [copies, N, G, k*k, H, W] (either
+    summation's buffer, any strides; the copies are added up), NaN where the kernel space is NaN:
+    one pass instead of isnan, masked_fill and a dtype copy."""
     _, _, h, w = out.shape
     block = 1024
     _logit_grad_out_kernel[(cdiv(out.numel(), block),)](
         summed, space, out, *summed.stride(), *space.stride(), *out.stride(),
-        out.numel(), h, w, group_size,
+        out.numel(), h, w, group_size, summed.shape[0],
         KK=kernel_size * kernel_size, BLOCK=block, IDX=index_dtype(summed, space, out), **LAUNCH,
     )
 
@@ -417,16 +502,17 @@ def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_
         shares = new_output(summed, (n, g, s * h, s * w, 4, kk))
         rows = new_output(summed, (n, g, s * h, s * w, 4), dtype=torch.int64)
     else:
-        dlogits = new_space(kernel_logits)  # the atomics' accumulator, zeroed by the kernel-space launch
+        # the atomics' accumulator copies, zeroed by the kernel-space launch
+        dlogits = new_space(kernel_logits, logit_grad_copies(s))
     space = kernel_space(kernel_logits, g, kernel_size, zeroed=dlogits)
     _mask_grad(grad_out, features, dk, kernel_size, g, s)
     _kernel_grad(dk, space, offsets, masks, dlogits, doffsets, shares, rows, kernel_size, g, s)
     _feature_grad(grad_out, masks, dfeatures, kernel_size, g, s)
     if deterministic:
         summed.index_add_(0, rows.view(-1), shares.view(-1, kk))
-        summed = summed.view(n, g, h, w, kk).permute(0, 1, 4, 2, 3)
+        summed = summed.view(1, n, g, h, w, kk).permute(0, 1, 2, 5, 3, 4)
     else:
-        summed = dlogits.view(n, g, kk, h, w)
+        summed = dlogits.view(-1, n, g, kk, h, w)
     dlogits_out = new_output(kernel_logits, kernel_logits.shape)
     # The softmax backward is dense in the reference: a group whose kernel space is NaN (a NaN or
     # +inf logit, or all -inf) has a NaN gradient even where no output samples it.

@@ -70,12 +70,13 @@ def even_channels(channels_per_group, block_c):
     return int(channels_per_group % block_c == 0)
 
 
-@triton.jit(do_not_specialize=["HW", "G", "BLOCKS"])
+@triton.jit(do_not_specialize=["HW", "G", "BLOCKS", "COPIES"])
 def _kernel_space_kernel(
-    l_ptr, p_ptr, z_ptr,  # logits; kernel space out; a buffer laid out like it, zeroed (ZERO)
+    l_ptr, p_ptr, z_ptr,  # logits; kernel space out; copies of a buffer laid out like it, zeroed (ZERO)
     sln, slc, slp,  # logits strides: image, channel, pixel (the H x W plane as one axis)
-    spn, spc, spp,  # kernel space strides, the zeroed buffer's too
-    HW, G, BLOCKS,  # pixels per image, groups, pixel blocks per (image, group)
+    spn, spc, spp,  # kernel space strides, each zeroed copy's too
+    szr,  # stride between the zeroed copies
+    HW, G, BLOCKS, COPIES,  # pixels per image, groups, pixel blocks per (image, group), zeroed copies
     KK: tl.constexpr,  # taps k*k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     BLOCK: tl.constexpr,  # pixels per program
@@ -102,7 +103,10 @@ def _kernel_space_kernel(
     at = n * spn + ch * spc + p * spp
     tl.store(p_ptr + at, e / tl.sum(e, axis=1)[:, None], mask=ok)
     if ZERO:
-        tl.store(z_ptr + at, tl.zeros((BLOCK, KKP), ACC), mask=ok)
+        z = z_ptr + at
+        for _ in range(COPIES):  # the pointers step a copy on (no int32 copy * stride product)
+            tl.store(z, tl.zeros((BLOCK, KKP), ACC), mask=ok)
+            z += szr
 
 
 def plane_stride(t):
@@ -116,10 +120,12 @@ def plane_stride(t):
     return None
 
 
-def new_space(logits):
+def new_space(logits, copies=None):
     """A buffer laid out as kernel_space(logits) returns the space: contiguous, in the
-    accumulator's dtype (the backward's `zeroed` accumulator is allocated by it too)."""
-    return new_output(logits, logits.shape, dtype=accumulator(logits), memory_format=torch.contiguous_format)
+    accumulator's dtype; or, given `copies`, that many such buffers stacked on a new first axis
+    (the backward's `zeroed` accumulator)."""
+    size = logits.shape if copies is None else (copies, *logits.shape)
+    return new_output(logits, size, dtype=accumulator(logits), memory_format=torch.contiguous_format)
 
 
 def kernel_space(logits, group_size, kernel_size, zeroed=None):
@@ -127,8 +133,9 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
     accumulator's dtype, contiguous [N, G*k*k, H, W] whatever the logits' format (the layout the
     kernels' corner gathers were measured with). One small launch, so the kernels load a
     probability at each sampled corner instead of recomputing a softmax there for every output
-    pixel and tap. `zeroed`, a buffer of the same shape, dtype and strides (the backward's
-    atomic accumulator for the logits' gradient), is zero-filled in the same pass.
+    pixel and tap. `zeroed`, copies of a buffer of the same shape, dtype and strides stacked on a
+    first axis (the backward's atomic accumulators for the logits' gradient, `new_space(logits,
+    copies)`), is zero-filled in the same pass.
 
     A program holds [BLOCK pixels, k*k padded] of one image and group. torch.softmax over the
     taps, a non-innermost dim of [N, G, k*k, H, W], took 15-18 us a call at the anchor on the
@@ -140,7 +147,7 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
     n, _, h, w = logits.shape
     space = new_space(logits)
     if zeroed is not None:
-        assert zeroed.shape == space.shape and zeroed.stride() == space.stride() and zeroed.dtype == space.dtype
+        assert zeroed.shape[1:] == space.shape and zeroed[0].stride() == space.stride() and zeroed.dtype == space.dtype
     if space.numel() == 0:
         return space
     kkp = taps_padded(kernel_size)
@@ -149,7 +156,8 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
     _kernel_space_kernel[(n * group_size * blocks,)](
         logits, space, space if zeroed is None else zeroed,
         logits.stride(0), logits.stride(1), slp, space.stride(0), space.stride(1), plane_stride(space),
-        h * w, group_size, blocks,
+        0 if zeroed is None else zeroed.stride(0),
+        h * w, group_size, blocks, 0 if zeroed is None else zeroed.shape[0],
         KK=kernel_size * kernel_size, KKP=kkp, BLOCK=block, ZERO=int(zeroed is not None),
         ACC=acc_dtype(logits), IDX=index_dtype(logits, space), num_warps=4, **LAUNCH,
     )
@@ -263,6 +271,41 @@ def kernel_grad_pixels(row_length, scale_factor):
     sub-pixel columns (s padded to a power of two), about 32 output columns of [columns, k*k]
     tiles (dK, the corners' probabilities and their products), at least one pixel."""
     return max(1, min(32 // pow2(scale_factor), pow2(row_length)))
+
+
+def logit_grad_copies(scale_factor):
+    """How many copies of the logits gradient's atomic accumulator DLU's backward spreads its
+    atomics over (summed in the final pass). Each kernel-space value receives about 4*s*s atomic
+    adds, one per sampled corner; in the H100 module profile (v11, N2 C256, output 256x256, the
+    same atomics in each case) the kernel gradient took 49, 61, 122 and 342 us at s = 2, 4, 8 and
+    16 (docs/results/h100-profile-modules.txt): same-address atomics serialise. Output row oy
+    adds to copy oy % copies, so no copy takes more than about 64 adds a value (s = 4's count);
+    the extra memory is at most 1/16 of the backward's K buffer."""
+    return min(scale_factor, max(1, scale_factor * scale_factor // 16))
+
+
+def mask_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
+    """At s >= 4 the mask gradient is a matrix product per source pixel (backward.py, step 1):
+    (BLOCK_SY, BLOCK_C, num_warps), the product's BLOCK_SY * pow2(s) sub-pixel rows (64 at
+    s >= 8, the size of one Hopper warpgroup product; 16 at s = 4..7, one mma tile, 2 warps) and
+    BLOCK_C channels an inner step. None below s = 4, where a source pixel has too few sub-pixels
+    for a tile of 16 rows, or at k = 1, whose one tap is too narrow (mask_grad_blocks then). With
+    32 channels a step the sm_90 compile (triton 3.6) stays within 128 registers at s >= 8 and
+    146 at s = 4, without spills; 64 channels, or 128 or more sub-pixels, need 197-255
+    registers or spill."""
+    if scale_factor < 4 or kernel_size < 3:
+        return None
+    rows = 64 if scale_factor >= 8 else 16
+    block_sy = max(1, rows // pow2(scale_factor))
+    block_c = max(16, min(32, pow2(channels_per_group)))
+    return block_sy, block_c, 4 if scale_factor >= 8 else 2
+
+
+def dot_precision(t):
+    """tl.dot's input precision for t's values, converted to the accumulator dtype first: three
+    tf32 products for float32 (about float32's accuracy), one for float16 and bfloat16 (their
+    values are exact in tf32), plain float64 for float64."""
+    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(t.dtype, "tf32")
 
 
 def mask_grad_blocks(row_length, scale_factor):

@@ -49,6 +49,22 @@ def test_backward_both_tie_rules(kernel_device, ties_last, monkeypatch):
     check_backward(SCALES[0], kernel_device)
 
 
+@pytest.mark.parametrize("copies", [1, 3])
+def test_logits_gradient_accumulator_copies(kernel_device, copies, monkeypatch):
+    """The logits gradient's atomics spread over copies of the accumulator (output row oy into
+    copy oy % copies), added up in the final pass: at s = 8 the rule's 4 copies, and 1 and 3
+    forced at s = 2 (5 rows a copy, some copies a row more than others)."""
+    summed = []
+    add_up = backward._logit_grad_out
+    monkeypatch.setattr(backward, "_logit_grad_out", lambda sm, *a: summed.append(sm.clone()) or add_up(sm, *a))
+    check_backward((1, 2, 2, 3, 3, 1, 8), kernel_device)
+    monkeypatch.setattr(backward, "logit_grad_copies", lambda s: copies)
+    check_backward((2, 3, 5, 4, 3, 1, 2), kernel_device)
+    # every copy took some of the atomics
+    assert [len(sm) for sm in summed] == [4, copies]
+    assert all((sm.flatten(1) != 0).any(1).all() for sm in summed)
+
+
 def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
     inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=dtype_for(kernel_device), device=kernel_device)
     grad = torch.randn(1, 4, 6, 8, dtype=inputs[0].dtype, device=kernel_device)
@@ -63,13 +79,39 @@ def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
 WINDOWS = [(1, 3, 1, 61, 7, 1, 2), (1, 2, 2, 29, 5, 1, 1), (1, 2, 1, 57, 3, 1, 3)]
 
 
+def check_step(which, shape, device):
+    """One step of CARAFE's backward alone, into a buffer poisoned with NaN, against the float64
+    reference: the features' gradient (which = 0) or the masks' (1)."""
+    n, c, h, w, k, g, s = shape
+    dt = dtype_for(device)
+    features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
+    grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=device)
+    got = torch.full_like((features, masks)[which], float("nan"))
+    if which == 0:
+        backward._feature_grad(grad, masks, got, k, g, s)
+    else:
+        backward._mask_grad(grad, features, got, k, g, s)
+    expected = reference.carafe_backward(grad.double(), features.double(), masks.double(), k, g, s)[which]
+    assert_close(("grad features", "grad masks")[which], got, expected)
+
+
 @pytest.mark.parametrize("shape", WINDOWS, ids=str)
 def test_features_gradient_windows(kernel_device, shape):
-    n, c, h, w, k, g, s = shape
-    dt = dtype_for(kernel_device)
-    features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
-    grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=kernel_device)
-    got = torch.full_like(features, float("nan"))
-    backward._feature_grad(grad, masks, got, k, g, s)
-    expected = reference.carafe_backward(grad.double(), features.double(), masks.double(), k, g, s)[0]
-    assert_close("grad features", got, expected)
+    check_step(0, shape, kernel_device)
+
+
+# The mask gradient's matrix products (s >= 4, k >= 3): channel steps of 32 with a partial last
+# one (40 and 20 channels a group), one exact step (32), sub-pixel rows split over programs
+# (s = 16), s padded to a power of two (s = 5, 12), and k = 1, which takes the per-channel kernel.
+PRODUCTS = [(1, 40, 3, 4, 5, 1, 4), (1, 40, 2, 3, 3, 2, 8), (1, 32, 2, 2, 5, 1, 16),
+            (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4)]
+
+
+@pytest.mark.parametrize("shape", PRODUCTS, ids=str)
+def test_mask_gradient_products(kernel_device, shape):
+    check_step(1, shape, kernel_device)
+
+
+def test_mask_gradient_products_index_width(kernel_device, monkeypatch):
+    monkeypatch.setattr(backward, "index_dtype", lambda *t: tl.int64)
+    check_step(1, PRODUCTS[1], kernel_device)

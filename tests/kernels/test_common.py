@@ -33,12 +33,14 @@ def test_kernel_space(kernel_device, shape, monkeypatch):
 
 def test_kernel_space_layouts_and_the_zeroed_buffer(kernel_device):
     """Channel-strided, channels_last and spatially strided logits; the space is contiguous
-    whatever their layout, and a buffer laid out like it (NaN before the launch) comes back zero."""
+    whatever their layout, and copies of a buffer laid out like it (NaN before the launch) come
+    back zero."""
     g, k = 2, 3
     base = torch.randn(2, 2 * g * k * k, 6, 11, device=kernel_device)
     for logits in (base[:, 1::2], base[:, : g * k * k].contiguous(memory_format=torch.channels_last),
                    base[:, : g * k * k, ::2, 1::3], base[:, : g * k * k, :1], base[:, : g * k * k, :, 3:4]):
-        zeroed = common.new_space(logits)
+        zeroed = common.new_space(logits, copies=3)
+        assert zeroed.shape == (3, *logits.shape) and zeroed[0].is_contiguous()
         assert zeroed.isnan().all()  # the suite's poisoned allocation
         space = common.kernel_space(logits, g, k, zeroed=zeroed)
         assert space.is_contiguous()
