@@ -23,7 +23,9 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
    fixed order. This step also writes K, which step 3 needs; it lives only during backward.
 3. Features gradient, a gather over the output pixels whose taps read each input pixel:
        dx[c, p] = sum_j sum_{t in s*s} K[g, j, (p - d_j, t)] * dy[c, (p - d_j, t)]
-   so every input pixel is written once, without atomics.
+   so every input pixel is written once, without atomics. The inner sum is, per source pixel q,
+   a matrix product Z_q[c, j] = sum_t DY_q[c, t] K_q[t, j]; at s >= 8 it is computed so and
+   stored (Z [N, H, W, k*k, C], k*k/(s*s) of dy's size), then dx[c, p] = sum_j Z_{p - d_j}[c, j].
 4. DLU only: the logits' gradient from either summation's buffer (the atomics' copies summed)
    into its own dtype and memory format, NaN where the kernel space is NaN (the softmax backward
    is dense), in one pass.
@@ -51,6 +53,10 @@ Layout note: the features' column is computed from the block size passed at run 
 memory at every tap).
 Step 2: one program per (output row, BLOCK_P source pixels x s sub-pixel columns, group), the
 columns as one contiguous run.
+Step 3 at s >= 8 (k >= 3): a program per (source pixel, BLOCK_C channels) computes Z_q on the
+tensor cores, 64 sub-pixels a step (common.feature_grad_dot_blocks); a second launch gathers
+each pixel's k*k tap sums [BLOCK_C, BLOCK_P] and writes dx. Below s = 8, Z would cost more
+traffic than dy, and:
 Step 3: one program per (input row, window of BLOCK_P source pixels, BLOCK_C channels). For
 each tap row and sub-pixel row, SXB sub-pixel columns at a time, it loads the window's dy run
 once (consecutive columns) and K of each of the k tap columns, and adds dy * K, summed over the
@@ -69,8 +75,8 @@ import triton.language as tl
 
 from .common import (
     LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks,
-    dot_precision, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first, logit_grad_copies, mask_grad_blocks,
-    mask_grad_dot_blocks, new_output, new_space, pow2,
+    dot_precision, feature_grad_dot_blocks, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first,
+    logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space, pow2,
     sampling_point, subpixel_columns, taps_padded,
 )
 
@@ -373,6 +379,88 @@ def _feature_grad_kernel(
     tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & keep[None, :])
 
 
+@triton.jit(do_not_specialize=["H", "W", "CPG"])
+def _feature_grad_sums_kernel(
+    gy_ptr, k_ptr, z_ptr,  # dy; K (masks); tap sums Z out
+    sgn, sgc, sgy, sgx,  # dy strides
+    skn, skc, sky, skx,  # K strides
+    szn, szy, szx, szj, szc,  # Z strides: image, row, column, tap, channel
+    H, W, CPG,  # low-resolution size, channels per group
+    S: tl.constexpr,  # scale factor
+    SXP: tl.constexpr,  # s rounded up to a power of two
+    KS: tl.constexpr,  # kernel size k
+    KKP: tl.constexpr,  # k*k rounded up to a power of two
+    BLOCK_SY: tl.constexpr,  # sub-pixel rows a step (BLOCK_SY * SXP sub-pixels, the product's inner dimension)
+    BLOCK_C: tl.constexpr,  # channels per program (the product's rows)
+    EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
+    PRECISION: tl.constexpr,  # tl.dot input precision (dot_precision)
+    ACC: tl.constexpr,  # accumulator dtype
+    IDX: tl.constexpr,  # index dtype
+):
+    KK: tl.constexpr = KS * KS
+    T: tl.constexpr = BLOCK_SY * SXP
+    pix = tl.program_id(0)  # (n * H + iy) * W + ix
+    ix = (pix % W).to(IDX)
+    iy = (pix // W % H).to(IDX)
+    n = (pix // W // H).to(IDX)
+    n_cblocks = tl.cdiv(CPG, BLOCK_C)
+    g = tl.program_id(1) // n_cblocks
+    cg = (tl.program_id(1) % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = channel_mask(cg, CPG, BLOCK_C, EVEN_C)
+    c = (g * CPG + cg).to(IDX)
+    t = tl.arange(0, T)
+    tx = t % SXP
+    j = tl.arange(0, KKP)
+    gy_at = gy_ptr + n * sgn + (c * sgc)[:, None]  # [C, 1]
+    k_at = k_ptr + n * skn + ((g * KK + j) * skc)[None, :]  # [1, KKP]
+    acc = tl.zeros((BLOCK_C, KKP), dtype=ACC)
+    for sy0 in range(0, S, BLOCK_SY):
+        ty = sy0 + t // SXP
+        t_ok = (ty < S) & (tx < S)
+        oy = iy * S + ty
+        ox = ix * S + tx
+        dy = tl.load(gy_at + (oy * sgy + ox * sgx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)  # [C, T]
+        kt = tl.load(k_at + (oy * sky + ox * skx)[:, None], mask=t_ok[:, None] & (j < KK)[None, :], other=0.0)
+        acc = tl.dot(dy.to(ACC), kt.to(ACC), acc, input_precision=PRECISION)
+    z_at = z_ptr + n * szn + iy * szy + ix * szx + (j * szj)[None, :] + (c * szc)[:, None]
+    tl.store(z_at, acc, mask=c_ok[:, None] & (j < KK)[None, :])
+
+
+@triton.jit(do_not_specialize=["H", "W", "C"])
+def _feature_grad_gather_kernel(
+    z_ptr, dx_ptr,  # tap sums Z; features gradient out
+    szn, szy, szx, szj, szc,  # Z strides: image, row, column, tap, channel
+    sdn, sdc, sdy, sdx,  # features-gradient strides
+    H, W, C,  # low-resolution size, channels
+    KS: tl.constexpr,  # kernel size k
+    BLOCK_P: tl.constexpr,  # pixels (of one row) per program
+    BLOCK_C: tl.constexpr,  # channels per program
+    ACC: tl.constexpr,  # accumulator dtype
+    IDX: tl.constexpr,  # index dtype
+):
+    KK: tl.constexpr = KS * KS
+    R: tl.constexpr = KS // 2
+    n_pblocks = tl.cdiv(W, BLOCK_P)
+    row = tl.program_id(0) // n_pblocks  # n * H + iy
+    iy = (row % H).to(IDX)
+    n = (row // H).to(IDX)
+    ix = ((tl.program_id(0) % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)).to(IDX)
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(IDX)
+    c_ok = c < C
+    p_ok = ix < W
+    dx = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+    for jt in tl.static_range(KK):
+        # pixel p takes tap j's sum at source pixel p - d_j
+        qy = iy - (jt // KS - R)
+        qx = ix - (jt % KS - R)
+        # where(), not &: the interpreter mistypes a tensor & a scalar bool
+        ok = tl.where((qy >= 0) & (qy < H), p_ok & (qx >= 0) & (qx < W), False)
+        z_at = z_ptr + n * szn + qy * szy + jt * szj + (qx * szx)[None, :] + (c * szc)[:, None]
+        dx += tl.load(z_at, mask=c_ok[:, None] & ok[None, :], other=0.0)
+    out = dx_ptr + n * sdn + (c * sdc)[:, None] + (iy * sdy + ix * sdx)[None, :]
+    tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
+
+
 @triton.jit(do_not_specialize=["TOTAL", "H", "W", "G", "COPIES"])
 def _logit_grad_out_kernel(
     sum_ptr, p_ptr, out_ptr,  # summed logits gradient's copies (accumulator dtype); kernel space; logits gradient out
@@ -458,6 +546,26 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
     s = scale_factor
+    dot = feature_grad_dot_blocks(cpg, s, kernel_size)
+    if dot:
+        block_sy, block_c = dot
+        kk = kernel_size * kernel_size
+        sums = new_output(dfeatures, (n, h, w, kk, c), dtype=accumulator(dfeatures),
+                          memory_format=torch.contiguous_format)
+        acc, idx = acc_dtype(dfeatures), index_dtype(grad_out, masks, sums, dfeatures)
+        _feature_grad_sums_kernel[(n * h * w, group_size * cdiv(cpg, block_c))](
+            grad_out, masks, sums, *grad_out.stride(), *masks.stride(), *sums.stride(),
+            h, w, cpg,
+            S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
+            BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
+            PRECISION=dot_precision(dfeatures), ACC=acc, IDX=idx, num_warps=4, **LAUNCH,
+        )
+        block_p, block_c = min(32, pow2(w)), min(32, pow2(c))
+        _feature_grad_gather_kernel[(n * h * cdiv(w, block_p), cdiv(c, block_c))](
+            sums, dfeatures, *sums.stride(), *dfeatures.stride(), h, w, c,
+            KS=kernel_size, BLOCK_P=block_p, BLOCK_C=block_c, ACC=acc, IDX=idx, num_warps=4, **LAUNCH,
+        )
+        return
     block_c, block_p, sxb = feature_grad_blocks(cpg, w, s, kernel_size)
     step = block_p - 2 * (kernel_size // 2)
     grid = (n * h * cdiv(w, step), group_size * cdiv(cpg, block_c))

@@ -301,6 +301,18 @@ def mask_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
     return block_sy, block_c, 4 if scale_factor >= 8 else 2
 
 
+def feature_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
+    """At s >= 8 (k >= 3) the features gradient takes two steps (backward.py, step 3): per source
+    pixel the tap sums Z_q = DY_q @ K_q^T on the tensor cores, then each pixel gathers its k*k
+    taps' sums. (BLOCK_SY, BLOCK_C): 64 sub-pixels a step of the product's inner dimension and
+    64 channels a program (106 registers at s = 8, 152 at s = 16, no spills, in the sm_90
+    compile under triton 3.6). None below s = 8, where Z (k*k values a channel and source pixel,
+    written and read again) would cost more traffic than dy itself (k*k / s*s of it each way)."""
+    if scale_factor < 8 or kernel_size < 3:
+        return None
+    return max(1, 64 // pow2(scale_factor)), max(16, min(64, pow2(channels_per_group)))
+
+
 def dot_precision(t):
     """tl.dot's input precision for t's values, converted to the accumulator dtype first: three
     tf32 products for float32 (about float32's accuracy), one for float16 and bfloat16 (their

@@ -74,6 +74,14 @@ def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
     assert all(gr.data_ptr() != grad.data_ptr() for gr in grads)
 
 
+# The matrix products of the mask gradient (s >= 4, k >= 3) and of the features gradient
+# (s >= 8): channel blocks with a partial last one (40 and 20 channels a group) and an exact one
+# (32), several steps of sub-pixel rows (s = 12, 16), s padded to a power of two (s = 5, 12), and
+# k = 1 and s < 8, which take the other kernels.
+PRODUCTS = [(1, 40, 3, 4, 5, 1, 4), (1, 40, 2, 3, 3, 2, 8), (1, 32, 2, 2, 5, 1, 16),
+            (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4)]
+
+
 # Rows spanning several overlapping windows of the features gradient (a window of 32 source
 # pixels finishes the 32 - 2*(k//2) in its middle), the last window partly past the row.
 WINDOWS = [(1, 3, 1, 61, 7, 1, 2), (1, 2, 2, 29, 5, 1, 1), (1, 2, 1, 57, 3, 1, 3)]
@@ -100,11 +108,9 @@ def test_features_gradient_windows(kernel_device, shape):
     check_step(0, shape, kernel_device)
 
 
-# The mask gradient's matrix products (s >= 4, k >= 3): channel steps of 32 with a partial last
-# one (40 and 20 channels a group), one exact step (32), sub-pixel rows split over programs
-# (s = 16), s padded to a power of two (s = 5, 12), and k = 1, which takes the per-channel kernel.
-PRODUCTS = [(1, 40, 3, 4, 5, 1, 4), (1, 40, 2, 3, 3, 2, 8), (1, 32, 2, 2, 5, 1, 16),
-            (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4)]
+@pytest.mark.parametrize("shape", PRODUCTS, ids=str)
+def test_features_gradient_products(kernel_device, shape):
+    check_step(0, shape, kernel_device)
 
 
 @pytest.mark.parametrize("shape", PRODUCTS, ids=str)
@@ -112,6 +118,7 @@ def test_mask_gradient_products(kernel_device, shape):
     check_step(1, shape, kernel_device)
 
 
-def test_mask_gradient_products_index_width(kernel_device, monkeypatch):
+@pytest.mark.parametrize("which", [0, 1])
+def test_products_index_width(kernel_device, which, monkeypatch):
     monkeypatch.setattr(backward, "index_dtype", lambda *t: tl.int64)
-    check_step(1, PRODUCTS[1], kernel_device)
+    check_step(which, PRODUCTS[1], kernel_device)
