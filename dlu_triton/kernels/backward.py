@@ -76,7 +76,7 @@ import triton.language as tl
 from .common import (
     LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks,
     dot_precision, feature_grad_dot_blocks, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first,
-    logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space, pow2,
+    logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, neighbourhood, new_output, new_space, pixel_tile, pow2,
     sampling_point, subpixel_columns, taps_padded,
 )
 
@@ -175,26 +175,10 @@ def _mask_grad_dot_kernel(
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
-    R: tl.constexpr = KS // 2
     T: tl.constexpr = BLOCK_SY * SXP
-    n_yblocks: tl.constexpr = (S + BLOCK_SY - 1) // BLOCK_SY
-    pid = tl.program_id(0)  # ((n * H + iy) * W + ix) * n_yblocks + yblock
-    sy0 = (pid % n_yblocks) * BLOCK_SY
-    pix = pid // n_yblocks
-    ix = (pix % W).to(IDX)
-    iy = (pix // W % H).to(IDX)
-    n = (pix // W // H).to(IDX)
+    n, iy, ix, oy, ox, t_ok, _ = pixel_tile(tl.program_id(0), H, W, S, SXP, BLOCK_SY, IDX)
     g = tl.program_id(1)
-    t = tl.arange(0, T)  # the program's sub-pixels of source pixel (iy, ix), row-major
-    ty = sy0 + t // SXP
-    tx = t % SXP
-    t_ok = (ty < S) & (tx < S)
-    oy = iy * S + ty
-    ox = ix * S + tx
-    j = tl.arange(0, KKP)
-    jy = iy + (j // KS - R)
-    jx = ix + (j % KS - R)
-    j_ok = (j < KK) & (jy >= 0) & (jy < H) & (jx >= 0) & (jx < W)
+    j, jy, jx, j_ok = neighbourhood(iy, ix, H, W, KS, KKP)
     cb = tl.arange(0, BLOCK_C)
     gy_at = gy_ptr + n * sgn + (oy * sgy + ox * sgx)[:, None]  # [T, 1]
     x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, KKP]

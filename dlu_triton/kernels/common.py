@@ -39,6 +39,35 @@ def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr
 
 
 @triton.jit
+def pixel_tile(pid, H, W, S: tl.constexpr, SXP: tl.constexpr, BLOCK_SY: tl.constexpr, IDX: tl.constexpr):
+    """A per-source-pixel product's program pid = ((n*H + iy)*W + ix) * ceil(s / BLOCK_SY) + its
+    block of sub-pixel rows: n, iy, ix, and for its BLOCK_SY * SXP sub-pixels (row-major, s
+    padded to SXP columns) the output row and column, whether it exists, and the sub-pixel index
+    (oy % s) * s + ox % s."""
+    n_yblocks: tl.constexpr = (S + BLOCK_SY - 1) // BLOCK_SY
+    sy0 = (pid % n_yblocks) * BLOCK_SY
+    pix = pid // n_yblocks
+    ix = (pix % W).to(IDX)
+    iy = (pix // W % H).to(IDX)
+    n = (pix // W // H).to(IDX)
+    t = tl.arange(0, BLOCK_SY * SXP)
+    ty = sy0 + t // SXP
+    tx = t % SXP
+    return n, iy, ix, iy * S + ty, ix * S + tx, (ty < S) & (tx < S), ty * S + tx
+
+
+@triton.jit
+def neighbourhood(iy, ix, H, W, KS: tl.constexpr, KKP: tl.constexpr):
+    """Source pixel (iy, ix)'s k*k taps (padded to KKP): tap index j, the tapped row and column,
+    and whether the tap is real and inside the image."""
+    R: tl.constexpr = KS // 2
+    j = tl.arange(0, KKP)
+    jy = iy + (j // KS - R)
+    jx = ix + (j % KS - R)
+    return j, jy, jx, (j < KS * KS) & (jy >= 0) & (jy < H) & (jx >= 0) & (jx < W)
+
+
+@triton.jit
 def subpixel_columns(ix0, W, S: tl.constexpr, SXP: tl.constexpr, M: tl.constexpr):
     """A tile's M = BLOCK_P * SXP output columns from source pixel ix0 on: each column's source
     pixel, sub-pixel column, output column and whether it exists. With s a power of two the
@@ -308,6 +337,16 @@ def feature_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
     64 channels a program (106 registers at s = 8, 152 at s = 16, no spills, in the sm_90
     compile under triton 3.6). None below s = 8, where Z (k*k values a channel and source pixel,
     written and read again) would cost more traffic than dy itself (k*k / s*s of it each way)."""
+    if scale_factor < 8 or kernel_size < 3:
+        return None
+    return max(1, 64 // pow2(scale_factor)), max(16, min(64, pow2(channels_per_group)))
+
+
+def forward_dot_blocks(channels_per_group, scale_factor, kernel_size):
+    """At s >= 8 (k >= 3) the forward is a matrix product per source pixel (forward.py):
+    (BLOCK_SY, BLOCK_C), the product's BLOCK_SY * pow2(s) = 64 sub-pixel columns and BLOCK_C
+    channels a step. None below s = 8, where a source pixel's s*s sub-pixels are too few columns
+    for a product that would pay for building its kernel tile (forward_blocks then)."""
     if scale_factor < 8 or kernel_size < 3:
         return None
     return max(1, 64 // pow2(scale_factor)), max(16, min(64, pow2(channels_per_group)))

@@ -9,7 +9,7 @@ from dlu_triton.kernels import backward
 
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
-from .test_forward import SCALES, WIDE, dtype_for
+from .test_forward import PRODUCTS, SCALES, WIDE, dtype_for
 
 
 def check_backward(shape, device):
@@ -72,14 +72,6 @@ def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
     grads = backward.dlu_backward(grad, *inputs, 3, 1, 2)
     assert torch.equal(grad, before)
     assert all(gr.data_ptr() != grad.data_ptr() for gr in grads)
-
-
-# The matrix products of the mask gradient (s >= 4, k >= 3) and of the features gradient
-# (s >= 8): channel blocks with a partial last one (40 and 20 channels a group) and an exact one
-# (32), several steps of sub-pixel rows (s = 12, 16), s padded to a power of two (s = 5, 12), and
-# k = 1 and s < 8, which take the other kernels.
-PRODUCTS = [(1, 40, 3, 4, 5, 1, 4), (1, 40, 2, 3, 3, 2, 8), (1, 32, 2, 2, 5, 1, 16),
-            (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4)]
 
 
 # Rows spanning several overlapping windows of the features gradient (a window of 32 source

@@ -45,3 +45,21 @@ def test_forward_scale_factors(kernel_device, shape):
     """s padded to a power of two in the tile, sub-pixel rows split over programs: the padding
     lanes and the last, partial block of sub-pixel rows must be masked, every real one written."""
     check_forward(shape, kernel_device)
+
+
+# The matrix products of the forward and the features gradient (s >= 8, k >= 3) and of the mask
+# gradient (s >= 4): channel blocks with a partial last one (40 and 20 channels a group) and an exact one
+# (32), several steps of sub-pixel rows (s = 12, 16), s padded to a power of two (s = 5, 12), and
+# k = 1 and smaller s, which take the other kernels.
+PRODUCTS = [(1, 40, 3, 4, 5, 1, 4), (1, 40, 2, 3, 3, 2, 8), (1, 32, 2, 2, 5, 1, 16),
+            (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4)]
+
+
+@pytest.mark.parametrize("shape", PRODUCTS, ids=str)
+def test_forward_products(kernel_device, shape):
+    check_forward(shape, kernel_device)
+
+
+def test_forward_products_index_width(kernel_device, monkeypatch):
+    monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
+    check_forward(PRODUCTS[1], kernel_device)
