@@ -16,8 +16,9 @@ clock on CPU), new/old for each old folder, the new version's fraction of the ba
 (CUDA), and the largest relative difference between the outputs of the new version and each old
 one (|new - old| / max|old|, per output), so a faster but wrong variant shows. Several old
 folders (say the last measured version and HEAD, with a candidate in the working tree) share one
-GPU call. --quick: one tiny shape, one round, to try the script on CPU
-with TRITON_INTERPRET=1 (about a minute).
+GPU call. --quick: two tiny shapes (s = 3, and s = 8 for the per-pixel tensor-core products),
+one round, to try the script, or a candidate's outputs, on CPU with TRITON_INTERPRET=1 (a minute
+or two).
 """
 import argparse
 import importlib
@@ -42,7 +43,7 @@ ANCHORS = [
     (2, 256, 128, 128, 3, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
     (2, 64, 67, 45, 5, 1, 2, torch.float32),
 ]
-QUICK = [(1, 4, 3, 4, 3, 2, 3, torch.float32)]
+QUICK = [(1, 4, 3, 4, 3, 2, 3, torch.float32), (1, 8, 2, 3, 3, 1, 8, torch.float32)]
 ROUNDS = 3
 
 
@@ -116,7 +117,7 @@ def main():
     p.add_argument("--patch", help="with --export: apply this candidate patch to the exported kernels")
     p.add_argument("--shapes", nargs="+", type=int, metavar="I", help="only these anchors (indices into ANCHORS)")
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
-    p.add_argument("--quick", action="store_true", help="one tiny shape, one round (a CPU try-out)")
+    p.add_argument("--quick", action="store_true", help="two tiny shapes, one round (a CPU try-out)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="also write the table to this file (after each row)")
     args = p.parse_args()
