@@ -76,7 +76,8 @@ import triton.language as tl
 from .common import (
     LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks,
     dot_precision, feature_grad_dot_blocks, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first,
-    logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, neighbourhood, new_output, new_space, pixel_tile, pow2,
+    logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space, pixel_tile, pow2, window,
+    window_taps,
     sampling_point, subpixel_columns, taps_padded,
 )
 
@@ -166,8 +167,9 @@ def _mask_grad_dot_kernel(
     S: tl.constexpr,  # scale factor
     SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
-    KKP: tl.constexpr,  # k*k rounded up to a power of two
-    BLOCK_SY: tl.constexpr,  # sub-pixel rows per program (BLOCK_SY * SXP sub-pixels, the product's rows)
+    WTP: tl.constexpr,  # window taps k * (k + BLOCK_P - 1), padded to a power of two (common.window_taps)
+    BLOCK_SY: tl.constexpr,  # sub-pixel rows per program
+    BLOCK_P: tl.constexpr,  # consecutive source pixels per program (their columns share one window)
     BLOCK_C: tl.constexpr,  # channels per product (its inner dimension)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
     PRECISION: tl.constexpr,  # tl.dot input precision (dot_precision)
@@ -175,23 +177,26 @@ def _mask_grad_dot_kernel(
     IDX: tl.constexpr,  # index dtype
 ):
     KK: tl.constexpr = KS * KS
-    T: tl.constexpr = BLOCK_SY * SXP
-    n, iy, ix, oy, ox, t_ok, _ = pixel_tile(tl.program_id(0), H, W, S, SXP, BLOCK_SY, IDX)
+    M: tl.constexpr = BLOCK_SY * BLOCK_P * SXP
+    n, iy, ix0, p, _, oy, ox, t_ok, _ = pixel_tile(tl.program_id(0), H, W, S, SXP, BLOCK_SY, BLOCK_P, IDX)
     g = tl.program_id(1)
-    j, jy, jx, j_ok = neighbourhood(iy, ix, H, W, KS, KKP)
+    ky, u, jy, jx, w_ok = window(iy, ix0, H, W, KS, BLOCK_P, WTP)
     cb = tl.arange(0, BLOCK_C)
-    gy_at = gy_ptr + n * sgn + (oy * sgy + ox * sgx)[:, None]  # [T, 1]
-    x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, KKP]
-    acc = tl.zeros((T, KKP), dtype=ACC)
+    gy_at = gy_ptr + n * sgn + (oy * sgy + ox * sgx)[:, None]  # [M, 1]
+    x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, WTP]
+    acc = tl.zeros((M, WTP), dtype=ACC)
     for c0 in range(0, CPG, BLOCK_C):
         cg = c0 + cb
         c_ok = channel_mask(cg, CPG, BLOCK_C, EVEN_C)
         c = (g * CPG + cg).to(IDX)
-        dy = tl.load(gy_at + (c * sgc)[None, :], mask=t_ok[:, None] & c_ok[None, :], other=0.0)  # [T, C]
-        xc = tl.load(x_at + (c * sxc)[:, None], mask=c_ok[:, None] & j_ok[None, :], other=0.0)  # [C, KKP]
-        acc = tl.dot(dy.to(ACC), xc.to(ACC), acc, input_precision=PRECISION)
-    dk_at = dk_ptr + n * skn + ((g * KK + j) * skc)[None, :] + (oy * sky + ox * skx)[:, None]
-    tl.store(dk_at, acc.to(dk_ptr.dtype.element_ty), mask=t_ok[:, None] & (j < KK)[None, :])
+        dy = tl.load(gy_at + (c * sgc)[None, :], mask=t_ok[:, None] & c_ok[None, :], other=0.0)  # [M, C]
+        xw = tl.load(x_at + (c * sxc)[:, None], mask=c_ok[:, None] & w_ok[None, :], other=0.0)  # [C, WTP]
+        acc = tl.dot(dy.to(ACC), xw.to(ACC), acc, input_precision=PRECISION)
+    # column (pixel p, sub-pixel) keeps the window taps (ky, u) with u - p a tap column: a band
+    kx = u[None, :] - p[:, None]
+    band = (kx >= 0) & (kx < KS) & (ky < KS)[None, :] & t_ok[:, None]
+    dk_at = dk_ptr + n * skn + (g * KK + ky[None, :] * KS + kx) * skc + (oy * sky + ox * skx)[:, None]
+    tl.store(dk_at, acc.to(dk_ptr.dtype.element_ty), mask=band)
 
 
 @triton.jit(do_not_specialize=["H", "W"])
@@ -479,12 +484,12 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     cpg = c // group_size
     dot = mask_grad_dot_blocks(cpg, s, kernel_size)
     if dot:
-        block_sy, block_c, warps = dot
-        _mask_grad_dot_kernel[(n * h * w * cdiv(s, block_sy), group_size)](
+        block_sy, block_p, block_c, warps = dot
+        _mask_grad_dot_kernel[(n * h * cdiv(w, block_p) * cdiv(s, block_sy), group_size)](
             grad_out, features, dk, *grad_out.stride(), *features.stride(), *dk.stride(),
             h, w, cpg,
-            S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
-            BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
+            S=s, SXP=pow2(s), KS=kernel_size, WTP=window_taps(kernel_size, block_p),
+            BLOCK_SY=block_sy, BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
             PRECISION=dot_precision(features), ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
             num_warps=warps, **LAUNCH,
         )

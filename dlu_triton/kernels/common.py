@@ -39,32 +39,49 @@ def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr
 
 
 @triton.jit
-def pixel_tile(pid, H, W, S: tl.constexpr, SXP: tl.constexpr, BLOCK_SY: tl.constexpr, IDX: tl.constexpr):
-    """A per-source-pixel product's program pid = ((n*H + iy)*W + ix) * ceil(s / BLOCK_SY) + its
-    block of sub-pixel rows: n, iy, ix, and for its BLOCK_SY * SXP sub-pixels (row-major, s
-    padded to SXP columns) the output row and column, whether it exists, and the sub-pixel index
-    (oy % s) * s + ox % s."""
+def pixel_tile(pid, H, W, S: tl.constexpr, SXP: tl.constexpr, BLOCK_SY: tl.constexpr, BLOCK_P: tl.constexpr,
+               IDX: tl.constexpr):
+    """A product program's source pixels and output columns. pid = ((n*H + iy) * ceil(W / BLOCK_P)
+    + pixel block) * ceil(s / BLOCK_SY) + block of sub-pixel rows. Returns n, iy, the block's
+    first pixel ix0, and for its columns [BLOCK_SY sub-pixel rows, BLOCK_P pixels, SXP sub-pixel
+    columns] (flattened; s padded to SXP, so a sub-pixel row's columns are one run of the output
+    row when SXP = s) each column's pixel within the block, its pixel, output row and column,
+    whether it exists, and its sub-pixel index (oy % s) * s + ox % s."""
     n_yblocks: tl.constexpr = (S + BLOCK_SY - 1) // BLOCK_SY
     sy0 = (pid % n_yblocks) * BLOCK_SY
-    pix = pid // n_yblocks
-    ix = (pix % W).to(IDX)
-    iy = (pix // W % H).to(IDX)
-    n = (pix // W // H).to(IDX)
-    t = tl.arange(0, BLOCK_SY * SXP)
-    ty = sy0 + t // SXP
-    tx = t % SXP
-    return n, iy, ix, iy * S + ty, ix * S + tx, (ty < S) & (tx < S), ty * S + tx
+    pb = pid // n_yblocks
+    n_pblocks = tl.cdiv(W, BLOCK_P)
+    ix0 = (pb % n_pblocks * BLOCK_P).to(IDX)
+    row = pb // n_pblocks
+    iy = (row % H).to(IDX)
+    n = (row // H).to(IDX)
+    m = tl.arange(0, BLOCK_SY * BLOCK_P * SXP)
+    ty = sy0 + m // (BLOCK_P * SXP)
+    p = m // SXP % BLOCK_P
+    tx = m % SXP
+    ix = ix0 + p
+    return n, iy, ix0, p, ix, iy * S + ty, ix * S + tx, (ty < S) & (tx < S) & (ix < W), ty * S + tx
 
 
 @triton.jit
-def neighbourhood(iy, ix, H, W, KS: tl.constexpr, KKP: tl.constexpr):
-    """Source pixel (iy, ix)'s k*k taps (padded to KKP): tap index j, the tapped row and column,
-    and whether the tap is real and inside the image."""
+def window(iy, ix0, H, W, KS: tl.constexpr, BLOCK_P: tl.constexpr, WTP: tl.constexpr):
+    """The k rows of k + BLOCK_P - 1 source pixels that the taps of pixels ix0 .. ix0 + BLOCK_P - 1
+    (row iy) read, flattened row-major and padded to WTP: each window tap's row ky and column u
+    within the window, its image row and column, and whether it is real and inside the image.
+    For BLOCK_P = 1 window tap j is tap j."""
     R: tl.constexpr = KS // 2
-    j = tl.arange(0, KKP)
-    jy = iy + (j // KS - R)
-    jx = ix + (j % KS - R)
-    return j, jy, jx, (j < KS * KS) & (jy >= 0) & (jy < H) & (jx >= 0) & (jx < W)
+    WU: tl.constexpr = BLOCK_P + KS - 1
+    wt = tl.arange(0, WTP)
+    ky = wt // WU
+    u = wt % WU
+    jy = iy + (ky - R)
+    jx = ix0 + (u - R)
+    return ky, u, jy, jx, (wt < KS * WU) & (jy >= 0) & (jy < H) & (jx >= 0) & (jx < W)
+
+
+def window_taps(kernel_size, block_p):
+    """WTP for `window`: k * (k + BLOCK_P - 1) rounded up to a power of two."""
+    return pow2(kernel_size * (kernel_size + block_p - 1))
 
 
 @triton.jit
@@ -315,9 +332,11 @@ def logit_grad_copies(scale_factor):
 
 def mask_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
     """At s >= 4 the mask gradient is a matrix product per source pixel (backward.py, step 1):
-    (BLOCK_SY, BLOCK_C, num_warps), the product's BLOCK_SY * pow2(s) sub-pixel rows (64 at
-    s >= 8, the size of one Hopper warpgroup product; 16 at s = 4..7, one mma tile, 2 warps) and
-    BLOCK_C channels an inner step. None below s = 4, where a source pixel has too few sub-pixels
+    (BLOCK_SY, BLOCK_P, BLOCK_C, num_warps), the product's BLOCK_SY * pow2(s) sub-pixel rows of
+    BLOCK_P = 1 pixel (64 at s >= 8, the size of one Hopper warpgroup product; 16 at s = 4..7,
+    one mma tile, 2 warps) and BLOCK_C channels an inner step. (BLOCK_P > 1 consecutive pixels,
+    whose taps share one window and whose products keep a band of it, runs and is tested but
+    is not chosen: not measured.) None below s = 4, where a source pixel has too few sub-pixels
     for a tile of 16 rows, or at k = 1, whose one tap is too narrow (mask_grad_blocks then). With
     32 channels a step the sm_90 compile (triton 3.6) stays within 128 registers at s >= 8 and
     146 at s = 4, without spills; 64 channels, or 128 or more sub-pixels, need 197-255
@@ -327,7 +346,7 @@ def mask_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
     rows = 64 if scale_factor >= 8 else 16
     block_sy = max(1, rows // pow2(scale_factor))
     block_c = max(16, min(32, pow2(channels_per_group)))
-    return block_sy, block_c, 4 if scale_factor >= 8 else 2
+    return block_sy, 1, block_c, 4 if scale_factor >= 8 else 2
 
 
 def feature_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
@@ -344,12 +363,14 @@ def feature_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
 
 def forward_dot_blocks(channels_per_group, scale_factor, kernel_size):
     """At s >= 8 (k >= 3) the forward is a matrix product per source pixel (forward.py):
-    (BLOCK_SY, BLOCK_C), the product's BLOCK_SY * pow2(s) = 64 sub-pixel columns and BLOCK_C
-    channels a step. None below s = 8, where a source pixel's s*s sub-pixels are too few columns
-    for a product that would pay for building its kernel tile (forward_blocks then)."""
+    (BLOCK_SY, BLOCK_P, BLOCK_C), the product's BLOCK_SY * pow2(s) = 64 sub-pixel columns of
+    BLOCK_P = 1 pixel and BLOCK_C channels a step. None below s = 8, where a source pixel's s*s
+    sub-pixels are too few columns for a product that would pay for building its kernel tile
+    (forward_blocks then). A program of BLOCK_P > 1 pixels (a banded kernel tile over their
+    shared window) also runs, and is tested, but is not chosen: not measured."""
     if scale_factor < 8 or kernel_size < 3:
         return None
-    return max(1, 64 // pow2(scale_factor)), max(16, min(64, pow2(channels_per_group)))
+    return max(1, 64 // pow2(scale_factor)), 1, max(16, min(64, pow2(channels_per_group)))
 
 
 def dot_precision(t):

@@ -9,7 +9,7 @@ from dlu_triton.kernels import backward
 
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
-from .test_forward import PRODUCTS, SCALES, WIDE, dtype_for
+from .test_forward import BANDED, PRODUCTS, SCALES, WIDE, banded_rows, dtype_for
 
 
 def check_backward(shape, device):
@@ -114,3 +114,9 @@ def test_mask_gradient_products(kernel_device, shape):
 def test_products_index_width(kernel_device, which, monkeypatch):
     monkeypatch.setattr(backward, "index_dtype", lambda *t: tl.int64)
     check_step(which, PRODUCTS[1], kernel_device)
+
+
+@pytest.mark.parametrize("shape", BANDED, ids=str)
+def test_mask_gradient_banded_products(kernel_device, shape, monkeypatch):
+    monkeypatch.setattr(backward, "mask_grad_dot_blocks", lambda cpg, s, k: (banded_rows(s), 8, 16, 2))
+    check_step(1, shape, kernel_device)
