@@ -33,9 +33,10 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
 Tiles. The kernels take s as a compile-time constant.
 Step 1 at s >= 4 (k >= 3): a program per (source pixel, BLOCK_SY sub-pixel rows, group) computes
 [sub-pixels, k*k padded] = DY_q @ X_q on the tensor cores, BLOCK_C channels a step (16 or 64
-sub-pixels a product, common.mask_grad_dot_blocks). float32 takes three tf32 products (tf32x3,
-about float32's accuracy); float16 and bfloat16 values are exact in tf32 and take one. Per
-multiply-add the sm_90 code issues about a quarter of the per-channel kernel's instructions.
+sub-pixels a product, common.mask_grad_dot_blocks). A float32 operand takes three tf32 products
+(tf32x3, about float32's accuracy); float16 and bfloat16 values are exact in tf32, so a product
+of those alone takes one (common.dot_precision). Per multiply-add the sm_90 code issues about a
+quarter of the per-channel kernel's instructions.
 Step 1 below s = 4: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
 group), a pixel a lane. It loops over the group's channels one at a time: loads the channel's
 dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P], and adds each
@@ -490,7 +491,7 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
             h, w, cpg,
             S=s, SXP=pow2(s), KS=kernel_size, WTP=window_taps(kernel_size, block_p),
             BLOCK_SY=block_sy, BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
-            PRECISION=dot_precision(features), ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
+            PRECISION=dot_precision(grad_out, features), ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
             num_warps=warps, **LAUNCH,
         )
         return
@@ -547,7 +548,7 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
             h, w, cpg,
             S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size),
             BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
-            PRECISION=dot_precision(dfeatures), ACC=acc, IDX=idx, num_warps=4, **LAUNCH,
+            PRECISION=dot_precision(grad_out, masks), ACC=acc, IDX=idx, num_warps=4, **LAUNCH,
         )
         block_p, block_c = min(32, pow2(w)), min(32, pow2(c))
         _feature_grad_gather_kernel[(n * h * cdiv(w, block_p), cdiv(c, block_c))](

@@ -373,11 +373,16 @@ def forward_dot_blocks(channels_per_group, scale_factor, kernel_size):
     return max(1, 64 // pow2(scale_factor)), 1, max(16, min(64, pow2(channels_per_group)))
 
 
-def dot_precision(t):
-    """tl.dot's input precision for t's values, converted to the accumulator dtype first: three
-    tf32 products for float32 (about float32's accuracy), one for float16 and bfloat16 (their
-    values are exact in tf32), plain float64 for float64."""
-    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(t.dtype, "tf32")
+def dot_precision(*operands):
+    """tl.dot's input precision for a product of these tensors' values, converted to the
+    accumulator dtype first: plain float64 if any is float64; three tf32 products (about
+    float32's accuracy) if any is float32 (DLU's kernel space and K buffer are, whatever the
+    inputs' dtype); one tf32 product when all are float16 or bfloat16, whose values are exact in
+    tf32."""
+    dtypes = {t.dtype for t in operands}
+    if torch.float64 in dtypes:
+        return "ieee"
+    return "tf32x3" if torch.float32 in dtypes else "tf32"
 
 
 def mask_grad_blocks(row_length, scale_factor):

@@ -204,7 +204,7 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
             h, w, cpg,
             S=s, SXP=pow2(s), KS=kernel_size, WTP=window_taps(kernel_size, block_p), SAMPLED=int(sampled),
             BLOCK_SY=block_sy, BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
-            PRECISION=dot_precision(features), ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
+            PRECISION=dot_precision(features, kernels), ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
             num_warps=4, **LAUNCH,
         )
         return out

@@ -105,3 +105,13 @@ def test_tiles_fit():
                 block_c, block_p, block_sy, warps = common.forward_blocks(cpg, row, s)
                 assert block_c * block_p * block_sy * sxp <= 8192 and block_sy <= sxp
                 assert block_p <= triton.next_power_of_2(row) and warps in (4, 8)
+
+
+def test_dot_precision():
+    """Three tf32 products whenever a float32 value enters (DLU's kernel space and K buffer are
+    float32 in every dtype), one only when all are 16-bit (exact in tf32), float64 as is."""
+    t = {dt: torch.empty(1, dtype=dt) for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+    assert common.dot_precision(t[torch.bfloat16], t[torch.float16]) == "tf32"
+    assert common.dot_precision(t[torch.bfloat16], t[torch.float32]) == "tf32x3"
+    assert common.dot_precision(t[torch.float32]) == "tf32x3"
+    assert common.dot_precision(t[torch.float32], t[torch.float64]) == "ieee"
