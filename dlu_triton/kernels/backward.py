@@ -55,7 +55,7 @@ memory at every tap).
 Step 2: one program per (output row, BLOCK_P source pixels x s sub-pixel columns, group), the
 columns as one contiguous run.
 Step 3 at s >= 8 (k >= 3): a program per (source pixel, BLOCK_C channels) computes Z_q on the
-tensor cores, 64 sub-pixels a step (common.feature_grad_dot_blocks); a second launch gathers
+tensor cores, 64 sub-pixels a step (common.pixel_product_blocks); a second launch gathers
 each pixel's k*k tap sums [BLOCK_C, BLOCK_P] and writes dx. Below s = 8, Z would cost more
 traffic than dy, and:
 Step 3: one program per (input row, window of BLOCK_P source pixels, BLOCK_C channels). For
@@ -75,11 +75,10 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, even_channels, feature_grad_blocks,
-    dot_precision, feature_grad_dot_blocks, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first,
-    logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space, pixel_tile, pow2, window,
-    window_taps,
-    sampling_point, subpixel_columns, taps_padded,
+    LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, dot_precision, even_channels,
+    feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first, logit_grad_copies,
+    mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space, pixel_product_blocks, pixel_tile, pow2,
+    sampling_point, subpixel_columns, taps_padded, window, window_taps,
 )
 
 
@@ -536,7 +535,7 @@ def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_fac
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
     s = scale_factor
-    dot = feature_grad_dot_blocks(cpg, s, kernel_size)
+    dot = pixel_product_blocks(cpg, s, kernel_size)
     if dot:
         block_sy, block_c = dot
         kk = kernel_size * kernel_size

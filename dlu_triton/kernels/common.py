@@ -349,28 +349,18 @@ def mask_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
     return block_sy, 1, block_c, 4 if scale_factor >= 8 else 2
 
 
-def feature_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
-    """At s >= 8 (k >= 3) the features gradient takes two steps (backward.py, step 3): per source
-    pixel the tap sums Z_q = DY_q @ K_q^T on the tensor cores, then each pixel gathers its k*k
-    taps' sums. (BLOCK_SY, BLOCK_C): 64 sub-pixels a step of the product's inner dimension and
-    64 channels a program (106 registers at s = 8, 152 at s = 16, no spills, in the sm_90
-    compile under triton 3.6). None below s = 8, where Z (k*k values a channel and source pixel,
-    written and read again) would cost more traffic than dy itself (k*k / s*s of it each way)."""
+def pixel_product_blocks(channels_per_group, scale_factor, kernel_size):
+    """At s >= 8 (k >= 3) the forward (forward.py) and the features gradient's tap sums
+    (backward.py, step 3) are matrix products per source pixel on the tensor cores:
+    (BLOCK_SY, BLOCK_C), BLOCK_SY * pow2(s) = 64 of the pixel's sub-pixels a product (the
+    forward's columns, the tap sums' inner dimension) and 64 channels (BLOCK_C: a step of the
+    forward's loop, a program of the tap sums). sm_90 compile under triton 3.6: 132-155 and
+    106-154 registers, no spills. None below s = 8: a source pixel's s*s sub-pixels are then too
+    few columns to pay for building the forward's kernel tile, and the tap sums Z (k*k values a
+    channel and source pixel, written and read again) would cost more traffic than dy itself."""
     if scale_factor < 8 or kernel_size < 3:
         return None
     return max(1, 64 // pow2(scale_factor)), max(16, min(64, pow2(channels_per_group)))
-
-
-def forward_dot_blocks(channels_per_group, scale_factor, kernel_size):
-    """At s >= 8 (k >= 3) the forward is a matrix product per source pixel (forward.py):
-    (BLOCK_SY, BLOCK_P, BLOCK_C), the product's BLOCK_SY * pow2(s) = 64 sub-pixel columns of
-    BLOCK_P = 1 pixel and BLOCK_C channels a step. None below s = 8, where a source pixel's s*s
-    sub-pixels are too few columns for a product that would pay for building its kernel tile
-    (forward_blocks then). A program of BLOCK_P > 1 pixels (a banded kernel tile over their
-    shared window) also runs, and is tested, but is not chosen: not measured."""
-    if scale_factor < 8 or kernel_size < 3:
-        return None
-    return max(1, 64 // pow2(scale_factor)), 1, max(16, min(64, pow2(channels_per_group)))
 
 
 def dot_precision(*operands):

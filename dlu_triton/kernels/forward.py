@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, forward_dot_blocks, index_dtype,
-    kernel_space, new_output, pixel_tile, pow2, sampling_point, subpixel_columns, window, window_taps,
+    LAUNCH, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, index_dtype, kernel_space,
+    new_output, pixel_product_blocks, pixel_tile, pow2, sampling_point, subpixel_columns, taps_padded, window,
 )
 
 
@@ -141,47 +141,48 @@ def _reassemble_dot_kernel(
     S: tl.constexpr,  # scale factor
     SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
-    WTP: tl.constexpr,  # window taps k * (k + BLOCK_P - 1), padded to a power of two (common.window_taps)
+    KKP: tl.constexpr,  # k*k rounded up to a power of two
     SAMPLED: tl.constexpr,  # 1: DLU, sample K from the kernel space at the offsets; 0: CARAFE, load K
-    BLOCK_SY: tl.constexpr,  # sub-pixel rows per program
-    BLOCK_P: tl.constexpr,  # consecutive source pixels per program (their columns share one window)
+    BLOCK_SY: tl.constexpr,  # sub-pixel rows per program (BLOCK_SY * SXP sub-pixels, the product's columns)
     BLOCK_C: tl.constexpr,  # channels a step (the product's rows)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
     PRECISION: tl.constexpr,  # tl.dot input precision (common.dot_precision)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
+    # One source pixel a program: its window is its own k*k neighbourhood, window tap j tap j.
+    # (Several pixels sharing a window would put 0s of the kernel tile against taps outside a
+    # column's band, and 0 * Inf or 0 * NaN would spread a non-finite feature.)
     KK: tl.constexpr = KS * KS
-    n, iy, ix0, p, ix, oy, ox, t_ok, sub = pixel_tile(tl.program_id(0), H, W, S, SXP, BLOCK_SY, BLOCK_P, IDX)
+    n, iy, ix, _, _, oy, ox, t_ok, sub = pixel_tile(tl.program_id(0), H, W, S, SXP, BLOCK_SY, 1, IDX)
     g = tl.program_id(1)
-    ky, u, jy, jx, w_ok = window(iy, ix0, H, W, KS, BLOCK_P, WTP)
-    # The kernel tile [window taps, columns]: column (pixel p, sub-pixel) takes window tap (ky, u)
-    # as its tap (ky, u - p), a band; built once for all the group's channels.
-    kx = u[:, None] - p[None, :]
-    band = (kx >= 0) & (kx < KS) & (ky < KS)[:, None] & t_ok[None, :]
-    k_base = k_ptr + n * skn + (g * KK + ky[:, None] * KS + kx) * skc
+    _, _, jy, jx, j_ok = window(iy, ix, H, W, KS, 1, KKP)
+    j = tl.arange(0, KKP)
+    jt_ok = (j < KK)[:, None] & t_ok[None, :]
+    # K_q [KKP, T], built once for all the group's channels
+    k_base = k_ptr + n * skn + ((g * KK + j) * skc)[:, None]
     if SAMPLED:
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
             off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, t_ok, soc, H, W, S, ACC)
         kq = ((1.0 - fy) * (1.0 - fx))[None, :] * tl.load(
-            k_base + (y0.to(IDX) * sky + x0.to(IDX) * skx)[None, :], mask=band, other=0.0).to(ACC)
+            k_base + (y0.to(IDX) * sky + x0.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
         kq += ((1.0 - fy) * fx)[None, :] * tl.load(
-            k_base + (y0.to(IDX) * sky + x1.to(IDX) * skx)[None, :], mask=band, other=0.0).to(ACC)
+            k_base + (y0.to(IDX) * sky + x1.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
         kq += (fy * (1.0 - fx))[None, :] * tl.load(
-            k_base + (y1.to(IDX) * sky + x0.to(IDX) * skx)[None, :], mask=band, other=0.0).to(ACC)
+            k_base + (y1.to(IDX) * sky + x0.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
         kq += (fy * fx)[None, :] * tl.load(
-            k_base + (y1.to(IDX) * sky + x1.to(IDX) * skx)[None, :], mask=band, other=0.0).to(ACC)
+            k_base + (y1.to(IDX) * sky + x1.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
     else:
-        kq = tl.load(k_base + (oy * sky + ox * skx)[None, :], mask=band, other=0.0).to(ACC)
+        kq = tl.load(k_base + (oy * sky + ox * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
     cb = tl.arange(0, BLOCK_C)
-    x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, WTP]
-    out_at = out_ptr + n * sun + (oy * suy + ox * sux)[None, :]  # [1, columns]
+    x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, KKP]
+    out_at = out_ptr + n * sun + (oy * suy + ox * sux)[None, :]  # [1, T]
     for c0 in range(0, CPG, BLOCK_C):
         cg = c0 + cb
         c_ok = channel_mask(cg, CPG, BLOCK_C, EVEN_C)
         c = (g * CPG + cg).to(IDX)
-        xw = tl.load(x_at + (c * sxc)[:, None], mask=c_ok[:, None] & w_ok[None, :], other=0.0)  # [C, WTP]
-        res = tl.dot(xw.to(ACC), kq, input_precision=PRECISION, out_dtype=ACC)
+        xq = tl.load(x_at + (c * sxc)[:, None], mask=c_ok[:, None] & j_ok[None, :], other=0.0)  # [C, KKP]
+        res = tl.dot(xq.to(ACC), kq, input_precision=PRECISION, out_dtype=ACC)
         tl.store(out_at + (c * suc)[:, None], res.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & t_ok[None, :])
 
 
@@ -195,15 +196,15 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     sampled = offsets is not None
     off = offsets if sampled else kernels  # CARAFE never reads it
     cpg = c // group_size
-    dot = forward_dot_blocks(cpg, s, kernel_size)
+    dot = pixel_product_blocks(cpg, s, kernel_size)
     if dot:
-        block_sy, block_p, block_c = dot
-        _reassemble_dot_kernel[(n * h * cdiv(w, block_p) * cdiv(s, block_sy), group_size)](
+        block_sy, block_c = dot
+        _reassemble_dot_kernel[(n * h * w * cdiv(s, block_sy), group_size)](
             features, kernels, off, out,
             *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
             h, w, cpg,
-            S=s, SXP=pow2(s), KS=kernel_size, WTP=window_taps(kernel_size, block_p), SAMPLED=int(sampled),
-            BLOCK_SY=block_sy, BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
+            S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size), SAMPLED=int(sampled),
+            BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
             PRECISION=dot_precision(features, kernels), ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
             num_warps=4, **LAUNCH,
         )

@@ -5,7 +5,7 @@ import torch
 import triton.language as tl
 
 from dlu_triton import reference
-from dlu_triton.kernels import common, forward
+from dlu_triton.kernels import forward
 
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
@@ -63,22 +63,3 @@ def test_forward_products(kernel_device, shape):
 def test_forward_products_index_width(kernel_device, monkeypatch):
     monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
     check_forward(PRODUCTS[1], kernel_device)
-
-
-# Programs of 8 consecutive source pixels, whose taps share one window of k rows of k + 7 pixels
-# (the product keeps a band of it): written for s < 8 but not chosen by the block rules until a
-# GPU measures it, so the tests choose it. Rows that are not a whole number of blocks, every k
-# and s = 1..4.
-BANDED = [(1, 20, 3, 11, 3, 2, 2), (1, 8, 2, 9, 5, 1, 3), (2, 6, 3, 5, 5, 1, 1), (1, 16, 2, 17, 7, 1, 2),
-          (1, 40, 2, 7, 5, 1, 4)]
-
-
-def banded_rows(s):
-    """BLOCK_SY for 8-pixel programs: at least 16 columns (8 pixels x padded s) a product."""
-    return max(1, 16 // (8 * common.pow2(s)))
-
-
-@pytest.mark.parametrize("shape", BANDED, ids=str)
-def test_forward_banded_products(kernel_device, shape, monkeypatch):
-    monkeypatch.setattr(forward, "forward_dot_blocks", lambda cpg, s, k: (banded_rows(s), 8, 16))
-    check_forward(shape, kernel_device)
