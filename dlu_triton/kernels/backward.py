@@ -36,7 +36,10 @@ Step 1 at s >= 4 (k >= 3): a program per (source pixel, BLOCK_SY sub-pixel rows,
 sub-pixels a product, common.mask_grad_dot_blocks). A float32 operand takes three tf32 products
 (tf32x3, about float32's accuracy); float16 and bfloat16 values are exact in tf32, so a product
 of those alone takes one (common.dot_precision). Per multiply-add the sm_90 code issues about a
-quarter of the per-channel kernel's instructions.
+quarter of the per-channel kernel's instructions. A program can also take BLOCK_P consecutive
+source pixels: their taps share a window of k rows of BLOCK_P + k - 1 features, the product is
+[their sub-pixels, window taps], and each row stores the band of taps that are its own (tested;
+the rule does not choose it yet).
 Step 1 below s = 4: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
 group), a pixel a lane. It loops over the group's channels one at a time: loads the channel's
 dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P], and adds each

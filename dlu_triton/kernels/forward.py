@@ -30,6 +30,12 @@ of BLOCK_P*s consecutive output columns, so the compiler sees contiguous rows an
 sectors (with s a runtime value it wrote 4 bytes per 32-byte sector, and L2 throughput, not
 DRAM, bounded the kernel). For DLU a tap costs 4 gathers and 4 multiply-adds per point.
 Accumulation is in fp32 (fp64 for fp64 inputs); the store casts to the output dtype.
+
+At s >= 8 (k >= 3) `_reassemble_dot_kernel` runs instead: all s*s output pixels of a source
+pixel q read the same neighbourhood X_q [C, k*k], so out_q = X_q @ K_q [k*k, s*s] is a matrix
+product, on the tensor cores (common.pixel_product_blocks, common.dot_precision). A program
+holds one source pixel and 64 of its sub-pixels, builds K_q once (DLU: 4 corner gathers a tap
+and sub-pixel) and loops over the group's channels, 64 a step (docs/design.md).
 """
 import triton
 import triton.language as tl
