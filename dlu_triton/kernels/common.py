@@ -39,6 +39,18 @@ def sampling_point(off_base, g, iy, ix, sub, ok, soc, H, W, S, ACC: tl.constexpr
 
 
 @triton.jit
+def sampled_kernel(base, y0, y1, x0, x1, fy, fx, sky, skx, mask, IDX: tl.constexpr, ACC: tl.constexpr):
+    """DLU's kernel values K = sum_c w_c P_c, bilinear over the 4 corners that sampling_point
+    gives: `base` points at each value's tap plane of the kernel space (with the corners' and
+    fractions' shapes it broadcasts to the result's)."""
+    k = ((1.0 - fy) * (1.0 - fx)) * tl.load(base + (y0.to(IDX) * sky + x0.to(IDX) * skx), mask=mask, other=0.0).to(ACC)
+    k += ((1.0 - fy) * fx) * tl.load(base + (y0.to(IDX) * sky + x1.to(IDX) * skx), mask=mask, other=0.0).to(ACC)
+    k += (fy * (1.0 - fx)) * tl.load(base + (y1.to(IDX) * sky + x0.to(IDX) * skx), mask=mask, other=0.0).to(ACC)
+    k += (fy * fx) * tl.load(base + (y1.to(IDX) * sky + x1.to(IDX) * skx), mask=mask, other=0.0).to(ACC)
+    return k
+
+
+@triton.jit
 def pixel_tile(pid, H, W, S: tl.constexpr, SXP: tl.constexpr, BLOCK_SY: tl.constexpr, BLOCK_P: tl.constexpr,
                IDX: tl.constexpr):
     """A product program's source pixels and output columns. pid = ((n*H + iy) * ceil(W / BLOCK_P)

@@ -42,7 +42,8 @@ import triton.language as tl
 
 from .common import (
     LAUNCH, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, index_dtype, kernel_space,
-    new_output, pixel_product_blocks, pixel_tile, pow2, sampling_point, subpixel_columns, taps_padded, window,
+    new_output, pixel_product_blocks, pixel_tile, pow2, sampled_kernel, sampling_point, subpixel_columns, taps_padded,
+    window,
 )
 
 
@@ -97,14 +98,6 @@ def _reassemble_kernel(
     if SAMPLED:
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
             off_ptr + n * son + iy * soy + pt_ix * sox, g, iy, pt_ix, pt_sy * S + pt_sx, ok, soc, H, W, S, ACC)
-        a00 = y0.to(IDX) * sky + x0.to(IDX) * skx
-        a01 = y0.to(IDX) * sky + x1.to(IDX) * skx
-        a10 = y1.to(IDX) * sky + x0.to(IDX) * skx
-        a11 = y1.to(IDX) * sky + x1.to(IDX) * skx
-        w00 = (1.0 - fy) * (1.0 - fx)
-        w01 = (1.0 - fy) * fx
-        w10 = fy * (1.0 - fx)
-        w11 = fy * fx
     else:
         a_out = (iy * S + pt_sy) * sky + (pt_ix * S + pt_sx) * skx
 
@@ -113,10 +106,7 @@ def _reassemble_kernel(
     for j in range(KK):
         t_base = k_base + (g * KK + j) * skc
         if SAMPLED:
-            kj = w00 * tl.load(t_base + a00, mask=ok, other=0.0).to(ACC)
-            kj += w01 * tl.load(t_base + a01, mask=ok, other=0.0).to(ACC)
-            kj += w10 * tl.load(t_base + a10, mask=ok, other=0.0).to(ACC)
-            kj += w11 * tl.load(t_base + a11, mask=ok, other=0.0).to(ACC)
+            kj = sampled_kernel(t_base, y0, y1, x0, x1, fy, fx, sky, skx, ok, IDX, ACC)
         else:
             kj = tl.load(t_base + a_out, mask=ok, other=0.0).to(ACC)
         ty = iy + (j // KS - R)
@@ -170,14 +160,8 @@ def _reassemble_dot_kernel(
     if SAMPLED:
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
             off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, t_ok, soc, H, W, S, ACC)
-        kq = ((1.0 - fy) * (1.0 - fx))[None, :] * tl.load(
-            k_base + (y0.to(IDX) * sky + x0.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
-        kq += ((1.0 - fy) * fx)[None, :] * tl.load(
-            k_base + (y0.to(IDX) * sky + x1.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
-        kq += (fy * (1.0 - fx))[None, :] * tl.load(
-            k_base + (y1.to(IDX) * sky + x0.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
-        kq += (fy * fx)[None, :] * tl.load(
-            k_base + (y1.to(IDX) * sky + x1.to(IDX) * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
+        kq = sampled_kernel(k_base, y0[None, :], y1[None, :], x0[None, :], x1[None, :], fy[None, :], fx[None, :],
+                            sky, skx, jt_ok, IDX, ACC)
     else:
         kq = tl.load(k_base + (oy * sky + ox * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
     cb = tl.arange(0, BLOCK_C)
