@@ -366,7 +366,7 @@ def pixel_product_blocks(channels_per_group, scale_factor, kernel_size):
     (backward.py, step 3) are matrix products per source pixel on the tensor cores:
     (BLOCK_SY, BLOCK_C), BLOCK_SY * pow2(s) = 64 of the pixel's sub-pixels a product (the
     forward's columns, the tap sums' inner dimension) and 64 channels (BLOCK_C: a step of the
-    forward's loop, a program of the tap sums). sm_90 compile under triton 3.6: 132-155 and
+    forward's loop, a program of the tap sums). sm_90 compile under triton 3.6: 132-159 and
     106-154 registers, no spills. None below s = 8: a source pixel's s*s sub-pixels are then too
     few columns to pay for building the forward's kernel tile, and the tap sums Z (k*k values a
     channel and source pixel, written and read again) would cost more traffic than dy itself."""
