@@ -130,7 +130,7 @@ def even_channels(channels_per_group, block_c):
 
 @triton.jit(do_not_specialize=["HW", "G", "BLOCKS", "COPIES"])
 def _kernel_space_kernel(
-    l_ptr, p_ptr, z_ptr,  # logits; kernel space out; copies of a buffer laid out like it, zeroed (ZERO)
+    l_ptr, p_ptr, z_ptr,  # logits; kernel space out; COPIES copies of a buffer laid out like it, zeroed
     sln, slc, slp,  # logits strides: image, channel, pixel (the H x W plane as one axis)
     spn, spc, spp,  # kernel space strides, each zeroed copy's too
     szr,  # stride between the zeroed copies
@@ -138,7 +138,6 @@ def _kernel_space_kernel(
     KK: tl.constexpr,  # taps k*k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     BLOCK: tl.constexpr,  # pixels per program
-    ZERO: tl.constexpr,  # 1: also zero z_ptr (the logits gradient's atomic accumulator)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype (int64 only for huge tensors)
 ):
@@ -160,11 +159,10 @@ def _kernel_space_kernel(
     e = tl.where(j < KK, tl.exp(v - tl.max(v, axis=1)[:, None]), 0.0)
     at = n * spn + ch * spc + p * spp
     tl.store(p_ptr + at, e / tl.sum(e, axis=1)[:, None], mask=ok)
-    if ZERO:
-        z = z_ptr + at
-        for _ in range(COPIES):  # the pointers step a copy on (no int32 copy * stride product)
-            tl.store(z, tl.zeros((BLOCK, KKP), ACC), mask=ok)
-            z += szr
+    z = z_ptr + at
+    for _ in range(COPIES):  # the pointers step a copy on (no int32 copy * stride product)
+        tl.store(z, tl.zeros((BLOCK, KKP), ACC), mask=ok)
+        z += szr
 
 
 def plane_stride(t):
@@ -204,19 +202,19 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
         slp = plane_stride(logits)
     n, _, h, w = logits.shape
     space = new_space(logits)
-    if zeroed is not None:
-        assert zeroed.shape[1:] == space.shape and zeroed[0].stride() == space.stride() and zeroed.dtype == space.dtype
+    if zeroed is None:
+        zeroed = space[None][:0]  # no copies (a valid pointer, never written)
+    assert zeroed.shape[1:] == space.shape and zeroed.stride()[1:] == space.stride() and zeroed.dtype == space.dtype
     if space.numel() == 0:
         return space
     kkp = taps_padded(kernel_size)
     block = min(pow2(h * w), max(16, 4096 // kkp))
     blocks = cdiv(h * w, block)
     _kernel_space_kernel[(n * group_size * blocks,)](
-        logits, space, space if zeroed is None else zeroed,
-        logits.stride(0), logits.stride(1), slp, space.stride(0), space.stride(1), plane_stride(space),
-        0 if zeroed is None else zeroed.stride(0),
-        h * w, group_size, blocks, 0 if zeroed is None else zeroed.shape[0],
-        KK=kernel_size * kernel_size, KKP=kkp, BLOCK=block, ZERO=int(zeroed is not None),
+        logits, space, zeroed,
+        logits.stride(0), logits.stride(1), slp, space.stride(0), space.stride(1), plane_stride(space), zeroed.stride(0),
+        h * w, group_size, blocks, zeroed.shape[0],
+        KK=kernel_size * kernel_size, KKP=kkp, BLOCK=block,
         ACC=acc_dtype(logits), IDX=index_dtype(logits, space), num_warps=4, **LAUNCH,
     )
     return space
