@@ -14,7 +14,9 @@ its launches) it times each old version and the new one in turn, three rounds ea
 the median of the rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall
 clock on CPU), new/old for each old folder, the new version's fraction of the bandwidth floor
 (CUDA), and the largest relative difference between the outputs of the new version and each old
-one (|new - old| / max|old|, per output), so a faster but wrong variant shows. Several old
+one (|new - old| / max|old|, per output), so a faster but wrong variant shows. A version that
+raises (a kernel that does not compile on that GPU, say) gets "error" in its cells and its
+error's first line in the log, and the run goes on. Several old
 folders (say the last measured version and HEAD, with a candidate in the working tree) share one
 GPU call. --quick: two tiny shapes (s = 3, and s = 8 for the per-pixel tensor-core products),
 one round, to try the script, or a candidate's outputs, on CPU with TRITON_INTERPRET=1 (a minute
@@ -101,6 +103,19 @@ def rel_diff(new, old):
                for a, b in zip(new, old))
 
 
+def attempt(call):
+    """(call(), None), or (None, the error's first line) where a version fails (a kernel that does
+    not compile on this GPU, say): a broken version costs its cells of the table, not the run."""
+    try:
+        return call(), None
+    except Exception as e:  # noqa: BLE001 (reported in the log and the table)
+        return None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
+def cell(value, spec):
+    return "error" if value is None else format(value, spec)
+
+
 def floor_ms(op, shape, bandwidth):
     if not bandwidth:
         return None
@@ -144,18 +159,24 @@ def main():
         tensors = inputs(shape, device)
         versions = [calls(fwd, bwd, shape, tensors) for fwd, bwd in olds] + [calls(forward, backward, shape, tensors)]
         for op in args.ops:
-            new_out = versions[-1][op]()  # each call also compiles
-            diffs = [rel_diff(new_out, old[op]()) for old in versions[:-1]]
+            runs = [attempt(version[op]) for version in versions]  # each call also compiles
+            (new_out, new_err), errors = runs[-1], [err for _, err in runs]
+            diffs = [None if new_err or err else rel_diff(new_out, out) for out, err in runs[:-1]]
             times = [[] for _ in versions]
             for _ in range(1 if args.quick else ROUNDS):
-                for t, version in zip(times, versions):
-                    t.append(B.time_ms(version[op], device, reps=1 if args.quick else None)[0])
-            *old_ms, new_ms = (statistics.median(t) for t in times)
+                for i, (t, version) in enumerate(zip(times, versions)):
+                    if not errors[i]:
+                        timed, errors[i] = attempt(lambda: B.time_ms(version[op], device, reps=1 if args.quick else None))
+                        t.append(timed and timed[0])
+            for name, err in zip(names + ["new"], errors):
+                if err:
+                    print(f"{label} {op} {name}: {err}", file=sys.stderr)
+            *old_ms, new_ms = (None if err else statistics.median(t) for t, err in zip(times, errors))
             floor = floor_ms(op, shape, bandwidth)
-            share = f"{floor / new_ms:.0%}" if floor else "-"
-            lines.append(f"| {label} | {op} | " + " | ".join(f"{ms:.3f}" for ms in (*old_ms, new_ms)) + " | "
-                         + " | ".join(f"{new_ms / ms:.2f}" for ms in old_ms) + f" | {share} | "
-                         + " | ".join(f"{d:.1e}" for d in diffs) + " |")
+            share = f"{floor / new_ms:.0%}" if floor and new_ms else "-"
+            lines.append(f"| {label} | {op} | " + " | ".join(cell(ms, ".3f") for ms in (*old_ms, new_ms)) + " | "
+                         + " | ".join(cell(new_ms and ms and new_ms / ms, ".2f") for ms in old_ms) + f" | {share} | "
+                         + " | ".join(cell(d, ".1e") for d in diffs) + " |")
             print(lines[-1], file=sys.stderr)
             if args.out:  # rewritten after each row, so a run stopped by its time limit keeps its rows
                 with open(args.out, "w") as f:
