@@ -101,19 +101,27 @@ def test_features_gradient_windows(kernel_device, shape):
 
 
 @pytest.mark.parametrize("shape", PRODUCTS, ids=str)
-def test_features_gradient_products(kernel_device, shape):
+def test_features_gradient_products(kernel_device, shape, launches):
+    sums, gathers = launches(backward, "_feature_grad_sums_kernel"), launches(backward, "_feature_grad_gather_kernel")
     check_step(0, shape, kernel_device)
+    *_, k, _, s = shape
+    assert len(sums) == len(gathers) == (s >= 8 and k >= 3)  # where the rule takes the product
 
 
 @pytest.mark.parametrize("shape", PRODUCTS, ids=str)
-def test_mask_gradient_products(kernel_device, shape):
+def test_mask_gradient_products(kernel_device, shape, launches):
+    products = launches(backward, "_mask_grad_dot_kernel")
     check_step(1, shape, kernel_device)
+    *_, k, _, s = shape
+    assert len(products) == (s >= 4 and k >= 3)  # where the rule takes the product
 
 
 @pytest.mark.parametrize("which", [0, 1])
-def test_products_index_width(kernel_device, which, monkeypatch):
+def test_products_index_width(kernel_device, which, monkeypatch, launches):
     monkeypatch.setattr(backward, "index_dtype", lambda *t: tl.int64)
+    products = launches(backward, ("_feature_grad_sums_kernel", "_mask_grad_dot_kernel")[which])
     check_step(which, PRODUCTS[1], kernel_device)
+    assert products
 
 
 # The mask gradient's programs of 8 consecutive source pixels, whose taps share one window of k
@@ -130,9 +138,11 @@ def banded_rows(s):
 
 
 @pytest.mark.parametrize("shape", BANDED, ids=str)
-def test_mask_gradient_banded_products(kernel_device, shape, monkeypatch):
+def test_mask_gradient_banded_products(kernel_device, shape, monkeypatch, launches):
     monkeypatch.setattr(backward, "mask_grad_dot_blocks", lambda cpg, s, k: (banded_rows(s), 8, 16, 2))
+    products = launches(backward, "_mask_grad_dot_kernel")
     check_step(1, shape, kernel_device)
+    assert products
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's NaN arithmetic

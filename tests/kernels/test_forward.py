@@ -50,16 +50,22 @@ def test_forward_scale_factors(kernel_device, shape):
 # The matrix products of the forward and the features gradient (s >= 8, k >= 3) and of the mask
 # gradient (s >= 4): channel blocks with a partial last one (40 and 20 channels a group) and an exact one
 # (32), several steps of sub-pixel rows (s = 12, 16), s padded to a power of two (s = 5, 12), and
-# k = 1 and smaller s, which take the other kernels.
+# k = 1 and smaller s, which take the other kernels. Each test also checks which kernel ran: a
+# rule moved (common.pixel_product_blocks, mask_grad_dot_blocks) must move these shapes with it.
 PRODUCTS = [(1, 40, 3, 4, 5, 1, 4), (1, 40, 2, 3, 3, 2, 8), (1, 32, 2, 2, 5, 1, 16),
             (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4)]
 
 
 @pytest.mark.parametrize("shape", PRODUCTS, ids=str)
-def test_forward_products(kernel_device, shape):
+def test_forward_products(kernel_device, shape, launches):
+    products = launches(forward, "_reassemble_dot_kernel")
     check_forward(shape, kernel_device)
+    *_, k, _, s = shape
+    assert len(products) == 2 * (s >= 8 and k >= 3)  # DLU's and CARAFE's, where the rule takes it
 
 
-def test_forward_products_index_width(kernel_device, monkeypatch):
+def test_forward_products_index_width(kernel_device, monkeypatch, launches):
     monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
+    products = launches(forward, "_reassemble_dot_kernel")
     check_forward(PRODUCTS[1], kernel_device)
+    assert products
