@@ -1,5 +1,5 @@
 """Non-finite inputs: NaN and Inf in features, logits, offsets and masks make exactly the
-reference's outputs and gradients non-finite, and the rest still matches it. Huge logits do not
+reference's outputs and gradients NaN, +Inf or -Inf, and the rest still matches it. Huge logits do not
 overflow the softmax; infinite and huge offsets clamp to the border; nothing reads out of bounds
 (the CPU grid_sample the reference is built on segfaults on a NaN coordinate, pytorch#24823)."""
 import pytest
@@ -17,16 +17,23 @@ NAN, INF = float("nan"), float("inf")
 # Triton's interpreter computes with numpy, which warns on the NaN/Inf arithmetic these tests make on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 SHAPE = (1, 2, 3, 4, 3, 2, 2)  # N, C, H, W, k, G, s: small, since the interpreter pays per program
+# and at s = 8, where the forward and the features' and masks' gradients are tensor-core products
+# (on a GPU float32's tf32x3 splits each value into a tf32 part and a remainder, NaN for an Inf,
+# which Triton drops from the remainders' products: the kind checks below hold it to that)
+SHAPES = [SHAPE, SHAPE[:-1] + (8,)]
 
 
 def assert_matches_with_nonfinite(name, actual, expected):
-    """Non-finite in exactly the reference's positions; the finite rest within the usual rule."""
-    bad_a, bad_e = ~torch.isfinite(actual.detach().cpu()), ~torch.isfinite(expected)
-    if not torch.equal(bad_a, bad_e):
-        where = (bad_a != bad_e).nonzero()[:5].tolist()
-        raise AssertionError(f"{name}: non-finite in {int(bad_a.sum())} places, the reference in "
-                             f"{int(bad_e.sum())}; first differences at {where}")
-    assert_close(name, actual.detach().cpu().masked_fill(bad_a, 0.0), expected.masked_fill(bad_e, 0.0))
+    """NaN, +Inf and -Inf in exactly the reference's positions; the finite rest within the usual rule."""
+    actual = actual.detach().cpu()
+    for kind, which in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
+        got, want = which(actual), which(expected)
+        if not torch.equal(got, want):
+            where = (got != want).nonzero()[:5].tolist()
+            raise AssertionError(f"{name}: {kind} in {int(got.sum())} places, the reference in "
+                                 f"{int(want.sum())}; first differences at {where}")
+    bad = ~torch.isfinite(expected)
+    assert_close(name, actual.masked_fill(bad, 0.0), expected.masked_fill(bad, 0.0))
 
 
 def poke(t, index, value):
@@ -56,10 +63,11 @@ DLU_CASES = [
 ]
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda sh: f"s{sh[-1]}")
 @pytest.mark.parametrize("case", DLU_CASES, ids=lambda c: c[0])
-def test_dlu_nonfinite_propagates_as_the_reference(case, device, path):
+def test_dlu_nonfinite_propagates_as_the_reference(case, shape, device, path):
     name, which, index, value = case
-    n, c, h, w, k, g, s = SHAPE
+    n, c, h, w, k, g, s = shape
     inputs = list(dlu_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(device), device=device))
     inputs[which] = poke(inputs[which], index, value)
     check_dlu(name, inputs, k, g, s)
@@ -99,9 +107,10 @@ def test_huge_float32_logits_do_not_overflow(value, device, path):
 @pytest.mark.parametrize("case", [("feature NaN", 0, (0, 1, 2, 0), NAN), ("feature -Inf", 0, (0, 1, 2, 3), -INF),
                                   ("mask NaN", 1, (0, 7, 5, 5), NAN), ("mask +Inf", 1, (0, 10, 0, 7), INF)],
                          ids=lambda c: c[0])
-def test_carafe_nonfinite_propagates_as_the_reference(case, device, path):
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda sh: f"s{sh[-1]}")
+def test_carafe_nonfinite_propagates_as_the_reference(case, shape, device, path):
     name, which, index, value = case
-    n, c, h, w, k, g, s = SHAPE
+    n, c, h, w, k, g, s = shape
     inputs = list(carafe_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(device), device=device))
     inputs[which] = poke(inputs[which], index, value)
     inputs = [t.requires_grad_() for t in inputs]
