@@ -20,7 +20,7 @@ export DLU_TRITON_PEER_VECTORS=${DLU_TRITON_PEER_VECTORS:-$PWD/.peer}
 for step in "$@"; do
   case "$step" in
     tests)
-      timeout 200 python3 -m pytest tests -n 12 -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
+      timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest tests -n 12 -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -8 ;;
     compare)
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
     modules)

@@ -12,11 +12,14 @@ from ..tolerance import assert_close
 from .test_forward import PRODUCTS, SCALES, WIDE, dtype_for
 
 
-def check_backward(shape, device):
-    """Both backward launchers against the float64 reference's gradients."""
+def check_backward(shape, device, offsets=None):
+    """Both backward launchers against the float64 reference's gradients (DLU's with `offsets`,
+    a function of the random ones, if given)."""
     n, c, h, w, k, g, s = shape
     dt = dtype_for(device)
     inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
+    if offsets:
+        inputs = (*inputs[:2], offsets(inputs[2]))
     grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=device)
     got = backward.dlu_backward(grad, *inputs, k, g, s)
     expected = reference.dlu_upsample_backward(grad.double(), *(t.double() for t in inputs), k, g, s)
@@ -63,6 +66,15 @@ def test_logits_gradient_accumulator_copies(kernel_device, copies, monkeypatch):
     # every copy took some of the atomics
     assert [len(sm) for sm in summed] == [4, copies]
     assert all((sm.flatten(1) != 0).any(1).all() for sm in summed)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3, 5, 3, 1, 2), (1, 3, 3, 5, 3, 1, 8), (1, 2, 2, 2, 3, 1, 16)], ids=str)
+def test_backward_offsets_within_a_pixel(kernel_device, shape):
+    """Offsets of a third of a pixel or so, mostly positive, as a DLU early in training has them:
+    then most of a source pixel's s*s sampling points share their corners, so runs of
+    consecutive output columns add to the same logits-gradient addresses, broken where an
+    offset is negative (random offsets give each column corners of its own)."""
+    check_backward(shape, kernel_device, offsets=lambda o: 0.3 + 0.2 * o / 3)
 
 
 def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
