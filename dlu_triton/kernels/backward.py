@@ -78,7 +78,7 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, TIES_LAST, acc_dtype, accumulator, cdiv, channel_mask, corner_probs, dot_precision, even_channels,
+    LAUNCH, TIES_LAST, acc_dtype, accumulator, atomic_add_lanes_first, cdiv, channel_mask, corner_probs, dot_precision, even_channels,
     feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first, logit_grad_copies,
     mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space, pixel_product_blocks, pixel_tile, pow2,
     sampling_point, subpixel_columns, taps_padded, window, window_taps,
@@ -86,14 +86,16 @@ from .common import (
 
 
 @triton.jit
-def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, live, ATOMIC: tl.constexpr):
+def _logit_grad_share(d_at, share_at, row_at, row, pc, wc, dk, q_ok, ok, live, ATOMIC: tl.constexpr,
+                      TIES_LAST: tl.constexpr):
     """Softmax backward of one corner's share, w_c * P_c * (dK - <P_c, dK>): added to the logits'
     gradient at d_at with atomics, or stored at share_at with its row for a deterministic sum.
     Only live points (not those of NaN offsets) contribute; zero-weight corners do, since
-    grid_sample adds 0 * a NaN gradient as NaN."""
+    grid_sample adds 0 * a NaN gradient as NaN. The atomics' lanes run along the columns, whose
+    corners are neighbouring addresses (along the taps each lane would hit another plane)."""
     dl = wc[:, None] * pc * (dk - tl.sum(pc * dk, axis=1)[:, None])
     if ATOMIC:
-        tl.atomic_add(d_at, dl, mask=ok & live, sem="relaxed")
+        atomic_add_lanes_first(d_at, dl, ok & live, TIES_LAST)
     else:
         tl.store(share_at, tl.where(live, dl, 0.0), mask=ok)
         tl.store(row_at, row.to(tl.int64), mask=q_ok)
@@ -278,13 +280,13 @@ def _kernel_grad_kernel(
     y0r = (ng * H + y0) * W  # rows of the logits' gradient as [N*G*H*W, k*k]
     y1r = (ng * H + y1) * W
     _logit_grad_share(d_base + (y0.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share, rows, y0r + x0,
-                      p00, w00, dk, q_ok, qj_ok, live, ATOMIC)
+                      p00, w00, dk, q_ok, qj_ok, live, ATOMIC, TIES_LAST)
     _logit_grad_share(d_base + (y0.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + KK, rows + 1, y0r + x1,
-                      p01, w01, dk, q_ok, qj_ok, live, ATOMIC)
+                      p01, w01, dk, q_ok, qj_ok, live, ATOMIC, TIES_LAST)
     _logit_grad_share(d_base + (y1.to(IDX) * sdy + x0.to(IDX) * sdx)[:, None], share + 2 * KK, rows + 2, y1r + x0,
-                      p10, w10, dk, q_ok, qj_ok, live, ATOMIC)
+                      p10, w10, dk, q_ok, qj_ok, live, ATOMIC, TIES_LAST)
     _logit_grad_share(d_base + (y1.to(IDX) * sdy + x1.to(IDX) * sdx)[:, None], share + 3 * KK, rows + 3, y1r + x1,
-                      p11, w11, dk, q_ok, qj_ok, live, ATOMIC)
+                      p11, w11, dk, q_ok, qj_ok, live, ATOMIC, TIES_LAST)
 
 
 @triton.jit(do_not_specialize=["H", "W", "CPG", "STEP"])

@@ -242,8 +242,20 @@ def load_lanes_first(ptrs, mask, TIES_LAST: tl.constexpr):
     return tl.load(ptrs, mask=mask, other=0.0)
 
 
+@triton.jit
+def atomic_add_lanes_first(ptrs, values, mask, TIES_LAST: tl.constexpr):
+    """Relaxed atomic adds of a 2-D tile whose axes are equally contiguous, with the lanes along
+    the first axis (as load_lanes_first)."""
+    if TIES_LAST:
+        tl.atomic_add(tl.permute(ptrs, (1, 0)), tl.permute(values, (1, 0)), mask=tl.permute(mask, (1, 0)),
+                      sem="relaxed")
+    else:
+        tl.atomic_add(ptrs, values, mask=mask, sem="relaxed")
+
+
 # Between two axes of a load that are equally contiguous, Triton 3.6 gives the lanes to the
-# first, 3.7 and later to the last (docs/performance.md, "the tie rule"): load_lanes_first's flag.
+# first, 3.7 and later to the last (docs/performance.md, "the tie rule"): load_lanes_first's and
+# atomic_add_lanes_first's flag.
 TIES_LAST = int(tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7))
 
 
