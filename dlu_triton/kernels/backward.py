@@ -114,6 +114,7 @@ def _mask_grad_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     BLOCK_P: tl.constexpr,  # source pixels per program, one a lane
+    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied axes
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -159,7 +160,15 @@ def _mask_grad_kernel(
         x_row += sxc
 
     dk_at = dk_ptr + n * skn + ((g * KK + j) * skc) + (oy * sky + ox * skx)[None, :, :]
-    tl.store(dk_at, dk.to(dk_ptr.dtype.element_ty), mask=(j < KK) & q_ok[None, :, :])
+    dk = dk.to(dk_ptr.dtype.element_ty)
+    dk_ok = (j < KK) & q_ok[None, :, :]
+    # Taps and pixels are equally strided here, and the store's lanes go to the tie's winner:
+    # ordered so that they run along the pixels (a pixel a lane, as computed, 8 bytes a lane
+    # in one 256-byte run), not along the taps (a plane a lane, through shared memory first).
+    if TIES_LAST:
+        tl.store(dk_at, dk, mask=dk_ok)
+    else:
+        tl.store(tl.permute(dk_at, (2, 1, 0)), tl.permute(dk, (2, 1, 0)), mask=tl.permute(dk_ok, (2, 1, 0)))
 
 
 @triton.jit(do_not_specialize=["H", "W", "CPG"])
@@ -504,7 +513,7 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     _mask_grad_kernel[grid](
         grad_out, features, dk, *grad_out.stride(), *features.stride(), *dk.stride(),
         h, w, c // group_size, block_p,
-        S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p,
+        S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p, TIES_LAST=TIES_LAST,
         ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
         num_warps=1, **LAUNCH,
     )

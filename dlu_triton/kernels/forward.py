@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, index_dtype, kernel_space,
+    LAUNCH, TIES_LAST, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, index_dtype, kernel_space,
     new_output, pixel_product_blocks, pixel_tile, pow2, sampled_kernel, sampling_point, subpixel_columns, taps_padded,
     window,
 )
@@ -143,6 +143,7 @@ def _reassemble_dot_kernel(
     BLOCK_C: tl.constexpr,  # channels a step (the product's rows)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
     PRECISION: tl.constexpr,  # tl.dot input precision (common.dot_precision)
+    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied axes
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -156,14 +157,22 @@ def _reassemble_dot_kernel(
     j = tl.arange(0, KKP)
     jt_ok = (j < KK)[:, None] & t_ok[None, :]
     # K_q [KKP, T], built once for all the group's channels
-    k_base = k_ptr + n * skn + ((g * KK + j) * skc)[:, None]
+    k_base = k_ptr + n * skn + (g * KK + j) * skc
     if SAMPLED:
         y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
             off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, t_ok, soc, H, W, S, ACC)
-        kq = sampled_kernel(k_base, y0[None, :], y1[None, :], x0[None, :], x1[None, :], fy[None, :], fx[None, :],
-                            sky, skx, jt_ok, IDX, ACC)
+        # Neither axis of the corner gathers is contiguous, so their lanes go to the tie's
+        # winner: ordered so that they run along the sub-pixels, whose corners are mostly the
+        # same few (a sector or two an instruction), not along the taps (a plane a lane).
+        if TIES_LAST:
+            kq = sampled_kernel(k_base[:, None], y0[None, :], y1[None, :], x0[None, :], x1[None, :], fy[None, :],
+                                fx[None, :], sky, skx, jt_ok, IDX, ACC)
+        else:
+            kq = tl.permute(sampled_kernel(k_base[None, :], y0[:, None], y1[:, None], x0[:, None], x1[:, None],
+                                           fy[:, None], fx[:, None], sky, skx, tl.permute(jt_ok, (1, 0)), IDX, ACC),
+                            (1, 0))
     else:
-        kq = tl.load(k_base + (oy * sky + ox * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
+        kq = tl.load(k_base[:, None] + (oy * sky + ox * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
     cb = tl.arange(0, BLOCK_C)
     x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, KKP]
     out_at = out_ptr + n * sun + (oy * suy + ox * sux)[None, :]  # [1, T]
@@ -195,7 +204,8 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
             h, w, cpg,
             S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size), SAMPLED=int(sampled),
             BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
-            PRECISION=dot_precision(features, kernels), ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
+            PRECISION=dot_precision(features, kernels), TIES_LAST=TIES_LAST, ACC=acc_dtype(features),
+            IDX=index_dtype(features, kernels, off, out),
             num_warps=4, **LAUNCH,
         )
         return out

@@ -64,6 +64,16 @@ def test_forward_products(kernel_device, shape, launches):
     assert len(products) == 2 * (s >= 8 and k >= 3)  # DLU's and CARAFE's, where the rule takes it
 
 
+@pytest.mark.parametrize("ties_last", [0, 1])
+def test_forward_products_both_tie_rules(kernel_device, ties_last, monkeypatch, launches):
+    """Both orders of DLU's corner gathers in the product that common.TIES_LAST picks between
+    (the installed Triton takes one)."""
+    monkeypatch.setattr(forward, "TIES_LAST", ties_last)
+    products = launches(forward, "_reassemble_dot_kernel")
+    check_forward(PRODUCTS[1], kernel_device)
+    assert products
+
+
 def test_forward_products_index_width(kernel_device, monkeypatch, launches):
     monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
     products = launches(forward, "_reassemble_dot_kernel")
