@@ -78,10 +78,10 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, TIES_LAST, acc_dtype, accumulator, atomic_add_lanes_first, cdiv, channel_mask, corner_probs, dot_precision, even_channels,
-    feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space, load_lanes_first, logit_grad_copies,
-    mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space, pixel_product_blocks, pixel_tile, pow2,
-    sampling_point, subpixel_columns, taps_padded, window, window_taps,
+    LAUNCH, TIES_LAST, acc_dtype, accumulator, atomic_add_lanes_first, cdiv, channel_mask, corner_probs,
+    dot_precision, even_channels, feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space,
+    load_lanes_first, logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space,
+    pixel_product_blocks, pixel_tile, pow2, sampling_point, subpixel_columns, taps_padded, window, window_taps,
 )
 
 

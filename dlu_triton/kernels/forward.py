@@ -41,9 +41,9 @@ import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, TIES_LAST, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, index_dtype, kernel_space,
-    new_output, pixel_product_blocks, pixel_tile, pow2, sampled_kernel, sampling_point, subpixel_columns, taps_padded,
-    window,
+    LAUNCH, TIES_LAST, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, index_dtype,
+    kernel_space, new_output, pixel_product_blocks, pixel_tile, pow2, sampled_kernel, sampling_point,
+    subpixel_columns, taps_padded, window,
 )
 
 
