@@ -10,10 +10,10 @@ for sm_90 with the ptxas that Triton ships, with Triton's cache off. Per kernel 
 compile's wall time (on this machine's CPU: what a first call on a new family costs), registers a thread, stack
 (spills), shared memory (the launch's dynamic shared memory: layout conversions, reductions and
 software-pipelined buffers), and the PTX's global loads and stores by width (b32 = 4 bytes a lane,
-v2/v4 = 8/16) and atomics; with --layouts also each global load's tile and how the compiler spread
-it over lanes (threadsPerWarp, in the order of the tile's axes: a load whose lanes run along an
-axis that is not contiguous in memory costs a 32-byte sector per element); with --loops also each
-SASS loop's length and its FFMAs, global loads and barriers. For forward v6 with
+v2/v4 = 8/16) and atomics; with --layouts also each global load's, store's and atomic's tile
+and how the compiler spread it over lanes (threadsPerWarp, in the order of the tile's axes: an
+access whose lanes run along an axis that is not contiguous in memory costs a 32-byte sector per
+element); with --loops also each SASS loop's length and its FFMAs, global loads and barriers. For forward v6 with
 triton 3.6 this gives the 122 registers ncu measured on the H100.
 """
 import collections
@@ -96,16 +96,20 @@ def loops(cubin):
     return ", ".join(found) or "none"
 
 
-def load_layouts(ttgir):
-    """One line per global load: the variable, its tile and the layout the compiler gave it."""
+def memory_layouts(ttgir):
+    """One line per global load, store and atomic: its tile and the layout the compiler gave it.
+    Between two axes that are equally contiguous the lanes go to the first under triton 3.6 and
+    to the last from 3.7 on (docs/performance.md, "the tie rule"): compare a kernel's lines under
+    both to find a tile laid out across the wrong axis by one of them."""
     layouts = dict(re.findall(r"^(#\w+) = #ttg\.\w+<\{(.*)\}>$", ttgir, re.M))
     lines = []
-    for var, shape, layout in re.findall(r"%(\w+?)(?:_\d+)? = tt\.load .*?: tensor<([\dx]+)x!tt\.ptr<\w+>, (#[^>]*>?)>", ttgir):
+    for op, shape, layout in re.findall(r"\b(tt\.load|tt\.store|tt\.atomic_rmw)\b.*?tensor<([\dx]+)x!tt\.ptr<\w+>, (#[^>]*>?)>",
+                                        ttgir):
         parent = re.search(r"dim = (\d+), parent = (#\w+)", layout)
         where = f"axis {parent.group(1)} dropped from {layouts[parent.group(2)]}" if parent else layouts.get(layout, layout)
         for long, short in (("sizePerThread", "per thread"), ("threadsPerWarp", "lanes"), ("warpsPerCTA", "warps")):
             where = where.replace(long + " =", short)
-        lines.append(f"    load {var:10s} [{shape}]  {where}")
+        lines.append(f"    {op[3:]:10s} [{shape}]  {where}")
     return lines
 
 
@@ -136,7 +140,7 @@ def report(name, launch, layouts=False, sass_loops=False):
         if sass_loops:
             print(f"    loops: {loops(k.asm['cubin'])}")
         if layouts:
-            print("\n".join(load_layouts(k.asm["ttgir"])))
+            print("\n".join(memory_layouts(k.asm["ttgir"])))
 
 
 def main():
