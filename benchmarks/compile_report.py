@@ -1,6 +1,7 @@
 """What the compiler makes of each kernel for an H100 (sm_90), on any machine, GPU or not.
 
     python benchmarks/compile_report.py [--layouts] [--loops]      # without TRITON_INTERPRET
+    python benchmarks/compile_report.py --smoke                     # every kernel at small shapes (CI)
 
 The launchers run as usual on CPU tensors of the benchmark anchors' shapes until the launch,
 which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
@@ -113,11 +114,19 @@ def memory_layouts(ttgir):
     return lines
 
 
-def report(name, launch, layouts=False, sass_loops=False):
-    """Run `launch` with every kernel launch caught; print one line per compiled kernel."""
+def report(name, launch, layouts=False, sass_loops=False, seen=None):
+    """Run `launch` with every kernel launch caught; print one line per compiled kernel (given a
+    set `seen`, only for kernels and specialisations not in it yet)."""
     caught = []
+
+    def catch(fn, args, kwargs):
+        caught.append((fn, args, kwargs))
+        for t in args:  # index buffers the launcher reads afterwards (the deterministic backward's rows)
+            if isinstance(t, torch.Tensor) and not t.is_floating_point():
+                t.zero_()
+
     for fn in KERNELS:
-        fn.run = lambda *a, _fn=fn, **kw: caught.append((_fn, a, kw))
+        fn.run = lambda *a, _fn=fn, **kw: catch(_fn, a, kw)
     try:
         launch()
     finally:
@@ -125,6 +134,10 @@ def report(name, launch, layouts=False, sass_loops=False):
             del fn.run
     for fn, args, kwargs in caught:
         src, options = specialise(fn, args, kwargs)
+        if seen is not None:
+            if (src.hash(), str(options)) in seen:
+                continue
+            seen.add((src.hash(), str(options)))
         start = time.perf_counter()
         k = triton.compile(src, target=TARGET, options=options)
         seconds = time.perf_counter() - start
@@ -143,27 +156,44 @@ def report(name, launch, layouts=False, sass_loops=False):
             print("\n".join(memory_layouts(k.asm["ttgir"])))
 
 
+ANCHORS = [(2, 256, 128, 128, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
+           (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
+           (2, 256, 16, 16, 5, 1, 16, torch.float32), (2, 256, 128, 128, 3, 1, 2, torch.float32)]
+# Small shapes that between them take every kernel and every branch of the launchers: the FMA
+# kernels, k = 1 and s = 1, odd s with groups and float16, the mask gradient's product on mma
+# tiles (s = 4), the products in bfloat16 (s = 8), and (with --smoke) the deterministic backward.
+# tests/kernels/test_compile.py compiles them in CI, where no GPU shows a kernel that Triton's
+# interpreter runs but its compiler rejects.
+SMOKE = [(1, 8, 5, 6, 5, 1, 2, torch.float32), (1, 4, 3, 4, 1, 1, 1, torch.float32),
+         (1, 8, 4, 5, 7, 2, 3, torch.float16), (1, 32, 2, 3, 5, 1, 4, torch.float32),
+         (1, 16, 2, 2, 3, 1, 8, torch.bfloat16)]
+
+
 def main():
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # time the compile, not a cache hit
     layouts = "--layouts" in sys.argv[1:]
     sass_loops = "--loops" in sys.argv[1:]
+    smoke = "--smoke" in sys.argv[1:]
+    seen = set() if smoke else None  # the smoke run compiles each specialisation once
     print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
-    anchors = [(2, 256, 128, 128, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
-               (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
-               (2, 256, 16, 16, 5, 1, 16, torch.float32), (2, 256, 128, 128, 3, 1, 2, torch.float32)]
-    for n, c, h, w, k, g, s, dt in anchors:
+    for n, c, h, w, k, g, s, dt in SMOKE if smoke else ANCHORS:
         x = torch.randn(n, c, h, w, dtype=dt)
         logits = torch.randn(n, g * k * k, h, w, dtype=dt)
         offsets = torch.randn(n, 2 * g * s * s, h, w, dtype=dt)
         masks = torch.rand(n, g * k * k, s * h, s * w, dtype=dt)
         dy = torch.randn(n, c, s * h, s * w, dtype=dt)
         shape = f"N{n} C{c} {h}x{w} s{s} k{k} {str(dt)[6:]}"
-        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s), layouts, sass_loops)
-        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s), layouts, sass_loops)
-        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s), layouts, sass_loops)
-        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s), layouts, sass_loops)
+        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s), layouts, sass_loops, seen)
+        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s), layouts, sass_loops, seen)
+        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s), layouts, sass_loops,
+               seen)
+        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s), layouts, sass_loops, seen)
+        if smoke:
+            report(f"dlu bwd deterministic {shape}",
+                   lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s, deterministic=True), layouts, sass_loops,
+                   seen)
 
 
 if __name__ == "__main__":
