@@ -135,9 +135,10 @@ def report(name, launch, layouts=False, sass_loops=False, seen=None):
     for fn, args, kwargs in caught:
         src, options = specialise(fn, args, kwargs)
         if seen is not None:
-            if (src.hash(), str(options)) in seen:
+            key = (src.hash(), str(options))
+            if key in seen:
                 continue
-            seen.add((src.hash(), str(options)))
+            seen.add(key)
         start = time.perf_counter()
         k = triton.compile(src, target=TARGET, options=options)
         seconds = time.perf_counter() - start
