@@ -34,7 +34,7 @@ from dlu_triton.kernels import backward, common, forward
 
 TARGET = GPUTarget("cuda", 90, 32)
 POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64", torch.int64: "*i64"}
-KERNELS = (common._kernel_space_kernel, forward._reassemble_kernel, forward._reassemble_dot_kernel, backward._mask_grad_kernel, backward._mask_grad_dot_kernel,
+KERNELS = (common._kernel_space_kernel, forward._reassemble_kernel, backward._mask_grad_kernel, backward._mask_grad_dot_kernel,
            backward._kernel_grad_kernel, backward._feature_grad_kernel, backward._feature_grad_sums_kernel,
            backward._feature_grad_gather_kernel, backward._logit_grad_out_kernel)
 

@@ -31,18 +31,17 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
    is dense), in one pass.
 
 Tiles. The kernels take s as a compile-time constant.
-Step 1 at s >= 4 (k >= 3): a program per (source pixel, BLOCK_SY sub-pixel rows, group) computes
-[sub-pixels, k*k padded] = DY_q @ X_q on the tensor cores, BLOCK_C channels a step (16 or 64
-sub-pixels a product, common.mask_grad_dot_blocks). A float32 operand takes three tf32 products
-(tf32x3, about float32's accuracy); float16 and bfloat16 values are exact in tf32, so a product
-of those alone takes one (common.dot_precision). Per multiply-add the sm_90 code issues about a
-quarter of the per-channel kernel's instructions. A program can also take BLOCK_P consecutive
-source pixels: their taps share a window of k rows of BLOCK_P + k - 1 features, the product is
-[their sub-pixels, window taps], and each row stores the band of taps that are its own (tested;
-the rule does not choose it yet).
-Step 1 below s = 4: a one-warp program per (output row, BLOCK_P source pixels, SXB sub-pixel columns,
-group), a pixel a lane. It loops over the group's channels one at a time: loads the channel's
-dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P], and adds each
+Step 1 at s >= 2 (k >= 3): the mask gradient is a matrix product on the tensor cores,
+[sub-pixels, taps] = DY @ X, BLOCK_C channels a step (common.mask_grad_dot_blocks). At s >= 8 a
+program takes one source pixel and BLOCK_SY sub-pixel rows (64 sub-pixels a product); at
+s = 2..7 it takes BLOCK_P = 32 / (BLOCK_SY * pow2(s)) consecutive source pixels, whose taps share
+a window of k rows of BLOCK_P + k - 1 features: the product is [their sub-pixels, window taps],
+and each row stores the band of taps that are its own. A float32 operand takes three tf32
+products (tf32x3, about float32's accuracy); float16 and bfloat16 values are exact in tf32, so a
+product of those alone takes one (common.dot_precision).
+Step 1 otherwise (s = 1 or k = 1): a one-warp program per (output row, BLOCK_P source pixels,
+SXB sub-pixel columns, group), a pixel a lane. It loops over the group's channels one at a time:
+loads the channel's dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P], and adds each
 product to dK[j] in the thread's registers. So dy is read once, not once per tap, and no sum
 crosses a thread. One channel a step, not a [BLOCK_C, SXB, BLOCK_P] block summed over its
 channels: in that 3-D tile the pixels and the channels are equally strided, and Triton 3.6 gave
@@ -114,7 +113,6 @@ def _mask_grad_kernel(
     KS: tl.constexpr,  # kernel size k
     KKP: tl.constexpr,  # k*k rounded up to a power of two
     BLOCK_P: tl.constexpr,  # source pixels per program, one a lane
-    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied axes
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -160,15 +158,10 @@ def _mask_grad_kernel(
         x_row += sxc
 
     dk_at = dk_ptr + n * skn + ((g * KK + j) * skc) + (oy * sky + ox * skx)[None, :, :]
-    dk = dk.to(dk_ptr.dtype.element_ty)
-    dk_ok = (j < KK) & q_ok[None, :, :]
-    # Taps and pixels are equally strided here, and the store's lanes go to the tie's winner:
-    # ordered so that they run along the pixels (a pixel a lane, as computed, 8 bytes a lane
-    # in one 256-byte run), not along the taps (a plane a lane, through shared memory first).
-    if TIES_LAST:
-        tl.store(dk_at, dk, mask=dk_ok)
-    else:
-        tl.store(tl.permute(dk_at, (2, 1, 0)), tl.permute(dk, (2, 1, 0)), mask=tl.permute(dk_ok, (2, 1, 0)))
+    # Stored as computed. Permuted so that triton 3.6 put its lanes along the pixels (v22), this
+    # store made DLU's backward at s = 2 1.8x slower on an H200, though it compiled to fewer
+    # instructions and registers (docs/performance.md, 2026-12-04).
+    tl.store(dk_at, dk.to(dk_ptr.dtype.element_ty), mask=(j < KK) & q_ok[None, :, :])
 
 
 @triton.jit(do_not_specialize=["H", "W", "CPG"])
@@ -513,7 +506,7 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
     _mask_grad_kernel[grid](
         grad_out, features, dk, *grad_out.stride(), *features.stride(), *dk.stride(),
         h, w, c // group_size, block_p,
-        S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p, TIES_LAST=TIES_LAST,
+        S=s, SXB=sxb, KS=kernel_size, KKP=taps_padded(kernel_size), BLOCK_P=block_p,
         ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
         num_warps=1, **LAUNCH,
     )

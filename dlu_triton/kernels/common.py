@@ -353,33 +353,30 @@ def logit_grad_copies(scale_factor):
 
 
 def mask_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
-    """At s >= 4 the mask gradient is a matrix product per source pixel (backward.py, step 1):
+    """Where the mask gradient is a matrix product on the tensor cores (backward.py, step 1):
     (BLOCK_SY, BLOCK_P, BLOCK_C, num_warps), the product's BLOCK_SY * pow2(s) sub-pixel rows of
-    BLOCK_P = 1 pixel (64 at s >= 8, the size of one Hopper warpgroup product; 16 at s = 4..7,
-    one mma tile, 2 warps) and BLOCK_C channels an inner step. (BLOCK_P > 1 consecutive pixels,
-    whose taps share one window and whose products keep a band of it, runs and is tested but
-    is not chosen: not measured.) None below s = 4, where a source pixel has too few sub-pixels
-    for a tile of 16 rows, or at k = 1, whose one tap is too narrow (mask_grad_blocks then). With
-    32 channels a step the sm_90 compile (triton 3.6) stays within 128 registers at s >= 8 and
-    146 at s = 4, without spills; 64 channels, or 128 or more sub-pixels, need 197-255
-    registers or spill."""
-    if scale_factor < 4 or kernel_size < 3:
+    BLOCK_P consecutive source pixels and BLOCK_C channels an inner step. At s = 2..7: 32 rows,
+    pixels sharing one window (the kept taps a band of it), 4 warps. At s >= 8: one pixel, 64
+    rows (one Hopper warpgroup product), 32 channels (within 128 registers under triton 3.6, no
+    spills). None at s = 1 and k = 1 (mask_grad_blocks then). On an H200 (2026-12-04, N2 C256
+    k5 float32, DLU's backward): the banded product 1.97x faster than the per-channel kernel at
+    s = 2 and 1.14x at s = 4, where the one-pixel product of 16 rows was 1.22x slower than it;
+    the one-pixel product at s = 8 and 16 1.5x and 2.6x faster (docs/performance.md)."""
+    if kernel_size < 3 or scale_factor < 2:
         return None
-    rows = 64 if scale_factor >= 8 else 16
-    block_sy = max(1, rows // pow2(scale_factor))
-    block_c = max(16, min(32, pow2(channels_per_group)))
-    return block_sy, 1, block_c, 4 if scale_factor >= 8 else 2
+    if scale_factor < 8:
+        block_sy = max(1, 4 // pow2(scale_factor))
+        return block_sy, 32 // (block_sy * pow2(scale_factor)), 32, 4
+    return max(1, 64 // pow2(scale_factor)), 1, max(16, min(32, pow2(channels_per_group))), 4
 
 
 def pixel_product_blocks(channels_per_group, scale_factor, kernel_size):
-    """At s >= 8 (k >= 3) the forward (forward.py) and the features gradient's tap sums
-    (backward.py, step 3) are matrix products per source pixel on the tensor cores:
-    (BLOCK_SY, BLOCK_C), BLOCK_SY * pow2(s) = 64 of the pixel's sub-pixels a product (the
-    forward's columns, the tap sums' inner dimension) and 64 channels (BLOCK_C: a step of the
-    forward's loop, a program of the tap sums). sm_90 compile under triton 3.6: 132-159 and
-    106-154 registers, no spills. None below s = 8: a source pixel's s*s sub-pixels are then too
-    few columns to pay for building the forward's kernel tile, and the tap sums Z (k*k values a
-    channel and source pixel, written and read again) would cost more traffic than dy itself."""
+    """At s >= 8 (k >= 3) the features gradient's tap sums (backward.py, step 3) are matrix
+    products per source pixel on the tensor cores: (BLOCK_SY, BLOCK_C), BLOCK_SY * pow2(s) = 64
+    of the pixel's sub-pixels (the product's inner dimension) and 64 channels a program. sm_90
+    compile under triton 3.6: 106-154 registers, no spills. None below s = 8: the tap sums Z
+    (k*k values a channel and source pixel, written and read again) would cost more traffic
+    than dy itself."""
     if scale_factor < 8 or kernel_size < 3:
         return None
     return max(1, 64 // pow2(scale_factor)), max(16, min(64, pow2(channels_per_group)))

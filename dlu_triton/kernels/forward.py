@@ -31,19 +31,15 @@ sectors (with s a runtime value it wrote 4 bytes per 32-byte sector, and L2 thro
 DRAM, bounded the kernel). For DLU a tap costs 4 gathers and 4 multiply-adds per point.
 Accumulation is in fp32 (fp64 for fp64 inputs); the store casts to the output dtype.
 
-At s >= 8 (k >= 3) `_reassemble_dot_kernel` runs instead: all s*s output pixels of a source
-pixel q read the same neighbourhood X_q [C, k*k], so out_q = X_q @ K_q [k*k, s*s] is a matrix
-product, on the tensor cores (common.pixel_product_blocks, common.dot_precision). A program
-holds one source pixel and 64 of its sub-pixels, builds K_q once (DLU: 4 corner gathers a tap
-and sub-pixel) and loops over the group's channels, 64 a step (docs/design.md).
+The forward has no tensor-core product: one at s >= 8 (out_q = X_q @ K_q per source pixel) ran
+1.1-1.2x slower than this kernel for DLU on an H200 (docs/performance.md, 2026-12-04).
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    LAUNCH, TIES_LAST, acc_dtype, cdiv, channel_mask, dot_precision, even_channels, forward_blocks, index_dtype,
-    kernel_space, new_output, pixel_product_blocks, pixel_tile, pow2, sampled_kernel, sampling_point,
-    subpixel_columns, taps_padded, window,
+    LAUNCH, acc_dtype, cdiv, channel_mask, even_channels, forward_blocks, index_dtype, kernel_space, new_output,
+    pow2, sampled_kernel, sampling_point, subpixel_columns,
 )
 
 
@@ -126,65 +122,6 @@ def _reassemble_kernel(
     tl.store(out, res, mask=c_ok[:, None, None] & sy_ok[None, :, None] & m_ok[None, None, :])
 
 
-@triton.jit(do_not_specialize=["H", "W", "CPG"])
-def _reassemble_dot_kernel(
-    x_ptr, k_ptr, off_ptr, out_ptr,  # features; kernel space (DLU) or masks (CARAFE); offsets (DLU); output
-    sxn, sxc, sxy, sxx,  # features strides
-    skn, skc, sky, skx,  # kernel space / masks strides
-    son, soc, soy, sox,  # offsets strides
-    sun, suc, suy, sux,  # output strides
-    H, W, CPG,  # low-resolution size, channels per group
-    S: tl.constexpr,  # scale factor
-    SXP: tl.constexpr,  # s rounded up to a power of two
-    KS: tl.constexpr,  # kernel size k
-    KKP: tl.constexpr,  # k*k rounded up to a power of two
-    SAMPLED: tl.constexpr,  # 1: DLU, sample K from the kernel space at the offsets; 0: CARAFE, load K
-    BLOCK_SY: tl.constexpr,  # sub-pixel rows per program (BLOCK_SY * SXP sub-pixels, the product's columns)
-    BLOCK_C: tl.constexpr,  # channels a step (the product's rows)
-    EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
-    PRECISION: tl.constexpr,  # tl.dot input precision (common.dot_precision)
-    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied axes
-    ACC: tl.constexpr,  # accumulator dtype
-    IDX: tl.constexpr,  # index dtype
-):
-    # One source pixel a program: its window is its own k*k neighbourhood, window tap j tap j.
-    # (Several pixels sharing a window would put 0s of the kernel tile against taps outside a
-    # column's band, and 0 * Inf or 0 * NaN would spread a non-finite feature.)
-    KK: tl.constexpr = KS * KS
-    n, iy, ix, _, _, oy, ox, t_ok, sub = pixel_tile(tl.program_id(0), H, W, S, SXP, BLOCK_SY, 1, IDX)
-    g = tl.program_id(1)
-    _, _, jy, jx, j_ok = window(iy, ix, H, W, KS, 1, KKP)
-    j = tl.arange(0, KKP)
-    jt_ok = (j < KK)[:, None] & t_ok[None, :]
-    # K_q [KKP, T], built once for all the group's channels
-    k_base = k_ptr + n * skn + (g * KK + j) * skc
-    if SAMPLED:
-        y0, y1, x0, x1, fy, fx, _, _ = sampling_point(
-            off_ptr + n * son + iy * soy + ix * sox, g, iy, ix, sub, t_ok, soc, H, W, S, ACC)
-        # Neither axis of the corner gathers is contiguous, so their lanes go to the tie's
-        # winner: ordered so that they run along the sub-pixels, whose corners are mostly the
-        # same few (a sector or two an instruction), not along the taps (a plane a lane).
-        if TIES_LAST:
-            kq = sampled_kernel(k_base[:, None], y0[None, :], y1[None, :], x0[None, :], x1[None, :], fy[None, :],
-                                fx[None, :], sky, skx, jt_ok, IDX, ACC)
-        else:
-            kq = tl.permute(sampled_kernel(k_base[None, :], y0[:, None], y1[:, None], x0[:, None], x1[:, None],
-                                           fy[:, None], fx[:, None], sky, skx, tl.permute(jt_ok, (1, 0)), IDX, ACC),
-                            (1, 0))
-    else:
-        kq = tl.load(k_base[:, None] + (oy * sky + ox * skx)[None, :], mask=jt_ok, other=0.0).to(ACC)
-    cb = tl.arange(0, BLOCK_C)
-    x_at = x_ptr + n * sxn + (jy * sxy + jx * sxx)[None, :]  # [1, KKP]
-    out_at = out_ptr + n * sun + (oy * suy + ox * sux)[None, :]  # [1, T]
-    for c0 in range(0, CPG, BLOCK_C):
-        cg = c0 + cb
-        c_ok = channel_mask(cg, CPG, BLOCK_C, EVEN_C)
-        c = (g * CPG + cg).to(IDX)
-        xq = tl.load(x_at + (c * sxc)[:, None], mask=c_ok[:, None] & j_ok[None, :], other=0.0)  # [C, KKP]
-        res = tl.dot(xq.to(ACC), kq, input_precision=PRECISION, out_dtype=ACC)
-        tl.store(out_at + (c * suc)[:, None], res.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & t_ok[None, :])
-
-
 def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     """kernels: DLU's kernel space (with offsets) or CARAFE's masks (offsets None)."""
     n, c, h, w = features.shape
@@ -195,20 +132,6 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor):
     sampled = offsets is not None
     off = offsets if sampled else kernels  # CARAFE never reads it
     cpg = c // group_size
-    dot = pixel_product_blocks(cpg, s, kernel_size)
-    if dot:
-        block_sy, block_c = dot
-        _reassemble_dot_kernel[(n * h * w * cdiv(s, block_sy), group_size)](
-            features, kernels, off, out,
-            *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
-            h, w, cpg,
-            S=s, SXP=pow2(s), KS=kernel_size, KKP=taps_padded(kernel_size), SAMPLED=int(sampled),
-            BLOCK_SY=block_sy, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
-            PRECISION=dot_precision(features, kernels), TIES_LAST=TIES_LAST, ACC=acc_dtype(features),
-            IDX=index_dtype(features, kernels, off, out),
-            num_warps=4, **LAUNCH,
-        )
-        return out
     block_c, block_p, block_sy, warps = forward_blocks(cpg, w, s)
     grid = (n * h * cdiv(w, block_p) * cdiv(s, block_sy), group_size * cdiv(cpg, block_c))
     _reassemble_kernel[grid](

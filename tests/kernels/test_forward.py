@@ -47,35 +47,17 @@ def test_forward_scale_factors(kernel_device, shape):
     check_forward(shape, kernel_device)
 
 
-# The matrix products of the forward and the features gradient (s >= 8, k >= 3) and of the mask
-# gradient (s >= 4): channel blocks with a partial last one (40 and 20 channels a group) and an exact one
-# (32), several steps of sub-pixel rows (s = 12, 16), s padded to a power of two (s = 5, 12), and
-# k = 1 and smaller s, which take the other kernels. Each test also checks which kernel ran: a
-# rule moved (common.pixel_product_blocks, mask_grad_dot_blocks) must move these shapes with it.
+# The matrix products of the backward (common.pixel_product_blocks, mask_grad_dot_blocks, tests
+# in test_backward.py), here through the forward too: channel blocks with a partial last one (40
+# and 20 channels a group) and an exact one (32), several steps of sub-pixel rows (s = 12, 16), s
+# padded to a power of two (s = 3, 5, 12), rows that are not a whole number of the banded
+# product's pixel blocks (s = 2..5), and k = 1 and s = 1, which take the other kernels. The
+# backward tests check which kernel ran: a rule moved must move these shapes with it.
 PRODUCTS = [(1, 40, 3, 4, 5, 1, 4), (1, 40, 2, 3, 3, 2, 8), (1, 32, 2, 2, 5, 1, 16),
-            (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4)]
+            (2, 6, 2, 3, 3, 3, 5), (1, 3, 1, 2, 3, 1, 12), (1, 4, 2, 3, 1, 1, 4),
+            (1, 20, 3, 11, 3, 2, 2), (1, 8, 2, 9, 5, 1, 3), (1, 8, 3, 5, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("shape", PRODUCTS, ids=str)
-def test_forward_products(kernel_device, shape, launches):
-    products = launches(forward, "_reassemble_dot_kernel")
+def test_forward_at_product_shapes(kernel_device, shape):
     check_forward(shape, kernel_device)
-    *_, k, _, s = shape
-    assert len(products) == 2 * (s >= 8 and k >= 3)  # DLU's and CARAFE's, where the rule takes it
-
-
-@pytest.mark.parametrize("ties_last", [0, 1])
-def test_forward_products_both_tie_rules(kernel_device, ties_last, monkeypatch, launches):
-    """Both orders of DLU's corner gathers in the product that common.TIES_LAST picks between
-    (the installed Triton takes one)."""
-    monkeypatch.setattr(forward, "TIES_LAST", ties_last)
-    products = launches(forward, "_reassemble_dot_kernel")
-    check_forward(PRODUCTS[1], kernel_device)
-    assert products
-
-
-def test_forward_products_index_width(kernel_device, monkeypatch, launches):
-    monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
-    products = launches(forward, "_reassemble_dot_kernel")
-    check_forward(PRODUCTS[1], kernel_device)
-    assert products
