@@ -10,13 +10,11 @@
 #                                                          # AB_TAG=fwd writes ab-fwd.md (several A/Bs a call)
 # A session's device time is 15 minutes in all, the machine's start included: one call of about
 # 9 minutes, planned in docs/performance.md ("GPU plan"), not one per step.
-# mmcv's vectors travel in .peer/ (a copy of ../shared/peer-vectors/mmcv-carafe).
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/dlu-gpu}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-export DLU_TRITON_PEER_VECTORS=${DLU_TRITON_PEER_VECTORS:-$PWD/.peer}
 for step in "$@"; do
   case "$step" in
     tests)

@@ -3,7 +3,7 @@
 It computes DLU the way the paper's code does (softmax at low resolution, offsets through
 pixel_shuffle, grid_sample with border padding and align_corners=True, CARAFE reassembly by
 unfold), so every intermediate (the high-resolution mask included) exists in memory. See
-`../shared/dlu-semantics.md` for the contract.
+`docs/semantics.md` for the contract.
 
 Non-finite values. A NaN offset makes its output point NaN (every channel of its group) and its
 offsets' gradient NaN, and sends nothing into the logits' gradient. grid_sample alone would

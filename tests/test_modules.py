@@ -10,7 +10,7 @@ from dlu_triton import reference
 from .conftest import exact_dtype
 from .tolerance import assert_close
 
-# ../shared/dlu-semantics.md, C=256, Cm=64, k=5, encoder 3.
+# docs/semantics.md, C=256, Cm=64, k=5, encoder 3.
 PARAMS = {2: (35_489, 74_148), 4: (49_337, 247_248), 8: (104_729, 939_648), 16: (326_297, 3_709_248)}
 
 

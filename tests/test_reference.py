@@ -12,13 +12,12 @@ from dlu_triton import reference
 from .inputs import carafe_inputs, dlu_inputs
 from .tolerance import assert_close
 
-# mmcv's vectors live in ../shared beside the checkout; DLU_TRITON_PEER_VECTORS points elsewhere.
-PEER = pathlib.Path(os.environ.get(
-    "DLU_TRITON_PEER_VECTORS", pathlib.Path(__file__).resolve().parents[2] / "shared" / "peer-vectors" / "mmcv-carafe"))
+# mmcv's CARAFE test vectors (tests/data/mmcv-carafe/README.md); DLU_TRITON_PEER_VECTORS points elsewhere.
+PEER = pathlib.Path(os.environ.get("DLU_TRITON_PEER_VECTORS", pathlib.Path(__file__).parent / "data" / "mmcv-carafe"))
 
 
 def contract_dlu(features, logits, offsets, k, g, s):
-    """../shared/dlu-semantics.md, steps 1-3, one output pixel at a time."""
+    """docs/semantics.md, steps 1-3, one output pixel at a time."""
     x, lg, off = (t.double().numpy() for t in (features, logits, offsets))
     n_, c_, h, w = x.shape
     out = np.zeros((n_, c_, s * h, s * w))
