@@ -2,6 +2,7 @@
 
     python benchmarks/compile_report.py [--layouts] [--loops]      # without TRITON_INTERPRET
     python benchmarks/compile_report.py --smoke                     # every kernel at small shapes (CI)
+    python benchmarks/compile_report.py --matrix [TARGET ...]       # the smoke launches for every GPU target (CI)
 
 The launchers run as usual on CPU tensors of the benchmark anchors' shapes until the launch,
 which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
@@ -16,6 +17,13 @@ and how the compiler spread it over lanes (threadsPerWarp, in the order of the t
 access whose lanes run along an axis that is not contiguous in memory costs a 32-byte sector per
 element); with --loops also each SASS loop's length and its FFMAs, global loads and barriers. For forward v6 with
 triton 3.6 this gives the 122 registers ncu measured on the H100.
+
+--matrix compiles the smoke launches for each target of `common.TARGETS` (or those named):
+NVIDIA sm_75 to sm_120 and AMD gfx90a, gfx942, gfx950, with the launchers' per-backend choices
+(`common.backend`, `common.dot_precision`) taken for that target's backend. It prints one table
+row a target (kernels compiled, failures, the largest shared memory a launch asks for against
+that target's per-block limit, the most registers, the launches with spills) and exits 1 if any
+launch fails to compile or asks for more shared memory than its target has.
 """
 import collections
 import os
@@ -33,6 +41,11 @@ from triton.compiler import ASTSource
 from dlu_triton.kernels import backward, common, forward
 
 TARGET = GPUTarget("cuda", 90, 32)
+
+
+def gpu_target(name):
+    """sm_90 -> NVIDIA's target, gfx942 -> AMD's (64-lane wavefronts)."""
+    return GPUTarget("cuda", int(name[3:]), 32) if name.startswith("sm_") else GPUTarget("hip", name, 64)
 POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64", torch.int64: "*i64"}
 KERNELS = (common._kernel_space_kernel, forward._reassemble_kernel, backward._mask_grad_kernel, backward._mask_grad_dot_kernel,
            backward._kernel_grad_kernel, backward._feature_grad_kernel, backward._feature_grad_sums_kernel,
@@ -114,9 +127,8 @@ def memory_layouts(ttgir):
     return lines
 
 
-def report(name, launch, layouts=False, sass_loops=False, seen=None):
-    """Run `launch` with every kernel launch caught; print one line per compiled kernel (given a
-    set `seen`, only for kernels and specialisations not in it yet)."""
+def caught_launches(launch):
+    """Run `launch` with every kernel launch caught instead of run: [(kernel, args, kwargs)]."""
     caught = []
 
     def catch(fn, args, kwargs):
@@ -132,7 +144,13 @@ def report(name, launch, layouts=False, sass_loops=False, seen=None):
     finally:
         for fn in KERNELS:
             del fn.run
-    for fn, args, kwargs in caught:
+    return caught
+
+
+def report(name, launch, layouts=False, sass_loops=False, seen=None):
+    """Compile each launch of `launch` for sm_90 and print one line per kernel (given a set
+    `seen`, only for kernels and specialisations not in it yet)."""
+    for fn, args, kwargs in caught_launches(launch):
         src, options = specialise(fn, args, kwargs)
         if seen is not None:
             key = (src.hash(), str(options))
@@ -157,14 +175,85 @@ def report(name, launch, layouts=False, sass_loops=False, seen=None):
             print("\n".join(memory_layouts(k.asm["ttgir"])))
 
 
+def registers_and_spills(k, target):
+    """(registers a thread, spilled bytes or registers) of a compiled kernel: from cuobjdump on
+    NVIDIA (REG, STACK), from the code object's metadata on AMD (VGPRs, spilled VGPRs + SGPRs)."""
+    if target.backend == "cuda":
+        r = resources(k.asm["cubin"])
+        return r["REG"], r["STACK"]
+    meta = dict(re.findall(r"\.(vgpr_count|vgpr_spill_count|sgpr_spill_count):\s+(\d+)", k.asm["amdgcn"]))
+    return int(meta["vgpr_count"]), int(meta["vgpr_spill_count"]) + int(meta["sgpr_spill_count"])
+
+
+def launchers(shapes, deterministic=False):
+    """(label, call) for each launcher call at these shapes: both ops' forward and backward, and
+    with `deterministic` the deterministic DLU backward too."""
+    for n, c, h, w, k, g, s, dt in shapes:
+        x = torch.randn(n, c, h, w, dtype=dt)
+        logits = torch.randn(n, g * k * k, h, w, dtype=dt)
+        offsets = torch.randn(n, 2 * g * s * s, h, w, dtype=dt)
+        masks = torch.rand(n, g * k * k, s * h, s * w, dtype=dt)
+        dy = torch.randn(n, c, s * h, s * w, dtype=dt)
+        shape = f"N{n} C{c} {h}x{w} s{s} k{k} {str(dt)[6:]}"
+        calls = {
+            "dlu fwd": lambda: forward.dlu_forward(x, logits, offsets, k, g, s),
+            "carafe fwd": lambda: forward.carafe_forward(x, masks, k, g, s),
+            "dlu bwd": lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s),
+            "carafe bwd": lambda: backward.carafe_backward(dy, x, masks, k, g, s),
+        }
+        if deterministic:
+            calls["dlu bwd deterministic"] = lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s,
+                                                                           deterministic=True)
+        for name, call in calls.items():  # each called before the loop moves on
+            yield f"{name} {shape}", call
+
+
+def matrix(names):
+    """The smoke launches compiled for each target; a markdown table, and False if any failed."""
+    print(f"triton {triton.__version__}, torch {torch.__version__}\n")
+    print("| target | launches compiled | failed | max shared (limit) | max registers | launches with spills |")
+    print("|---|---|---|---|---|---|")
+    ok = True
+    for name in names:
+        target = gpu_target(name)
+        common.backend = lambda device, _b=target.backend: _b  # the launchers' per-backend choices
+        seen, failed, shared, regs, spills, errors, names_seen = set(), 0, 0, 0, [], [], set()
+        for fn, args, kwargs in (launch for _, call in launchers(SMOKE, True) for launch in caught_launches(call)):
+            src, options = specialise(fn, args, kwargs)
+            key = (src.hash(), str(options))
+            if key in seen:
+                continue
+            seen.add(key)
+            names_seen.add(fn.__name__)
+            try:
+                k = triton.compile(src, target=target, options=options)
+            except Exception as e:  # the table names every failing kernel, then the run fails
+                failed += 1
+                errors.append(f"{fn.__name__}: {str(e).strip().splitlines()[-1][:200]}")
+                continue
+            r, spill = registers_and_spills(k, target)
+            shared, regs = max(shared, k.metadata.shared), max(regs, r)
+            if spill:
+                spills.append(f"{fn.__name__} ({spill})")
+        limit = common.TARGETS[name]
+        ok &= not failed and shared <= limit
+        print(f"| {name} | {len(seen) - failed} | {failed} | {shared} ({limit}){'' if shared <= limit else ' OVER'} | "
+              f"{regs} | {', '.join(spills) or 'none'} |", flush=True)
+        for e in errors:
+            print(f"    {e}", file=sys.stderr)
+    print(f"\nkernels: {' '.join(sorted(names_seen))}")
+    return ok
+
+
 ANCHORS = [(2, 256, 128, 128, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
            (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
            (2, 256, 16, 16, 5, 1, 16, torch.float32), (2, 256, 128, 128, 3, 1, 2, torch.float32)]
 # Small shapes that between them take every kernel and every branch of the launchers: the FMA
-# kernels, k = 1 and s = 1, odd s with groups and float16, the mask gradient's product on mma
-# tiles (s = 4), the products in bfloat16 (s = 8), and (with --smoke) the deterministic backward.
-# tests/kernels/test_compile.py compiles them in CI, where no GPU shows a kernel that Triton's
-# interpreter runs but its compiler rejects.
+# kernels, k = 1 and s = 1 (the per-channel mask gradient), odd s with groups and float16, the
+# mask gradient's banded product (s = 2, 3, 4), the one-pixel products in bfloat16 (s = 8), and
+# (with --smoke or --matrix) the deterministic backward. tests/kernels/test_compile.py compiles
+# them for every target in CI, where no GPU shows a kernel that Triton's interpreter runs but
+# its compiler rejects.
 SMOKE = [(1, 8, 5, 6, 5, 1, 2, torch.float32), (1, 4, 3, 4, 1, 1, 1, torch.float32),
          (1, 8, 4, 5, 7, 2, 3, torch.float16), (1, 32, 2, 3, 5, 1, 4, torch.float32),
          (1, 16, 2, 2, 3, 1, 8, torch.bfloat16)]
@@ -174,27 +263,16 @@ def main():
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # time the compile, not a cache hit
+    if "--matrix" in sys.argv[1:]:
+        names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(common.TARGETS)
+        sys.exit(0 if matrix(names) else 1)
     layouts = "--layouts" in sys.argv[1:]
     sass_loops = "--loops" in sys.argv[1:]
     smoke = "--smoke" in sys.argv[1:]
     seen = set() if smoke else None  # the smoke run compiles each specialisation once
     print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
-    for n, c, h, w, k, g, s, dt in SMOKE if smoke else ANCHORS:
-        x = torch.randn(n, c, h, w, dtype=dt)
-        logits = torch.randn(n, g * k * k, h, w, dtype=dt)
-        offsets = torch.randn(n, 2 * g * s * s, h, w, dtype=dt)
-        masks = torch.rand(n, g * k * k, s * h, s * w, dtype=dt)
-        dy = torch.randn(n, c, s * h, s * w, dtype=dt)
-        shape = f"N{n} C{c} {h}x{w} s{s} k{k} {str(dt)[6:]}"
-        report(f"dlu fwd {shape}", lambda: forward.dlu_forward(x, logits, offsets, k, g, s), layouts, sass_loops, seen)
-        report(f"carafe fwd {shape}", lambda: forward.carafe_forward(x, masks, k, g, s), layouts, sass_loops, seen)
-        report(f"dlu bwd {shape}", lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s), layouts, sass_loops,
-               seen)
-        report(f"carafe bwd {shape}", lambda: backward.carafe_backward(dy, x, masks, k, g, s), layouts, sass_loops, seen)
-        if smoke:
-            report(f"dlu bwd deterministic {shape}",
-                   lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s, deterministic=True), layouts, sass_loops,
-                   seen)
+    for label, call in launchers(SMOKE if smoke else ANCHORS, deterministic=smoke):
+        report(label, call, layouts, sass_loops, seen)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ backward custom ops. The public functions call the same forward and backward fun
 plain autograd.Function when nothing needs to see the op (`_call`): the host time of a call is
 what both modules wait on. Dispatch, by the features' device:
 
-- CUDA (float32, float16, bfloat16): the fused Triton kernels, on the tensors' own device;
+- CUDA (float32, float16, bfloat16): the fused Triton kernels, on the tensors' own device, on a
+  GPU that the compile matrix covers (`kernels.common.TARGETS`: NVIDIA from sm_75, AMD gfx90a,
+  gfx942, gfx950) with a Triton that has its backend; any other GPU gets a RuntimeError naming
+  it and the way out before anything launches;
 - CPU with TRITON_INTERPRET=1 set before import: the same Triton kernels in Triton's interpreter;
 - otherwise (CPU, or float64 on CUDA): the PyTorch reference.
 
@@ -19,13 +22,14 @@ import functools
 import os
 
 import torch
+import triton
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from . import reference
 from .kernels import backward as bwd_kernels
 from .kernels import forward as fwd_kernels
-from .kernels.common import new_output, output_format
+from .kernels.common import TARGETS, backend, new_output, output_format
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -39,6 +43,43 @@ def _use_triton(t):
     if t.device.type == "cuda":
         return t.dtype != torch.float64
     return t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def gpu_problem(backend_name, capability, arch, triton_backends):
+    """Why the kernels cannot run on a GPU (None if they can): its Triton backend ("cuda" or
+    "hip"), NVIDIA's compute capability (major, minor), AMD's architecture name, and the backends
+    the installed Triton has."""
+    vendor = "amd" if backend_name == "hip" else "nvidia"
+    if vendor not in triton_backends:
+        return f"the installed Triton {triton.__version__} has no {vendor} backend"
+    if vendor == "nvidia":
+        oldest = min(int(t[3:]) for t in TARGETS if t.startswith("sm_"))
+        if capability[0] * 10 + capability[1] < oldest:
+            return (f"its compute capability {capability[0]}.{capability[1]} is below {oldest // 10}.{oldest % 10}, "
+                    "the oldest the kernels are compiled and tested for")
+        return None
+    supported = sorted(t for t in TARGETS if t.startswith("gfx"))
+    if arch.split(":")[0] not in supported:
+        return f"its architecture {arch} is not one the kernels are compiled for ({', '.join(supported)})"
+    return None
+
+
+@functools.cache
+def _gpu_problem(index):
+    props = torch.cuda.get_device_properties(index)
+    return props.name, gpu_problem(backend(torch.device("cuda", index)), (props.major, props.minor),
+                                   getattr(props, "gcnArchName", ""), set(triton.backends.backends))
+
+
+def _check_gpu(device):
+    """RuntimeError, before any launch, if the Triton kernels cannot run on this GPU."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    name, problem = _gpu_problem(index)
+    if problem:
+        raise RuntimeError(
+            f"dlu_triton's Triton kernels cannot run on cuda:{index} ({name}): {problem}. The PyTorch "
+            "reference runs on any device: call dlu_triton.reference.dlu_upsample or .carafe, or compute in "
+            "float64 (e.g. model.double()), which dlu_upsample, carafe and the modules send to it.")
 
 
 def _check_int(name, value, minimum):
@@ -112,6 +153,8 @@ def _dispatch(features, kernel_fn, reference_fn, args, like):
     """Run one op: the Triton kernels on the features' device, or the reference, whose results are
     put in the memory formats the fake implementation promises (those of the tensors in `like`)."""
     if _use_triton(features):
+        if features.device.type == "cuda":
+            _check_gpu(features.device)
         with _on_device(features):
             return kernel_fn(*args)
     out = reference_fn(*args)

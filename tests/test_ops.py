@@ -354,3 +354,47 @@ def test_default_backward_varies_at_most_in_the_last_bits(device, path):
     for again in runs[1:]:
         for name, a, b in zip(("features", "logits", "offsets"), again, runs[0]):
             assert_close(f"run-to-run grad {name}", a, b)
+
+
+# ---------------------------------------------------------------- GPUs the kernels cannot run on
+
+@pytest.mark.parametrize("backend_name, capability, arch, backends, expected", [
+    ("cuda", (7, 5), "", {"nvidia", "amd"}, None),
+    ("cuda", (12, 0), "", {"nvidia"}, None),
+    ("cuda", (7, 0), "", {"nvidia"}, "compute capability 7.0 is below 7.5"),
+    ("cuda", (9, 0), "", {"amd"}, "has no nvidia backend"),
+    ("hip", (9, 4), "gfx942:sramecc+:xnack-", {"amd"}, None),
+    ("hip", (9, 0), "gfx90a", {"amd", "nvidia"}, None),
+    ("hip", (11, 0), "gfx1100", {"amd"}, "architecture gfx1100 is not one the kernels are compiled for"),
+    ("hip", (9, 4), "gfx942", {"nvidia"}, "has no amd backend"),
+])
+def test_which_gpus_run_the_kernels(backend_name, capability, arch, backends, expected):
+    problem = dlu_triton.ops.gpu_problem(backend_name, capability, arch, backends)
+    assert problem is None if expected is None else expected in problem, problem
+
+
+@pytest.fixture
+def volta(monkeypatch):
+    """Every CUDA device looks like a V100 (compute capability 7.0)."""
+    props = type("Props", (), dict(name="Tesla V100-SXM2-16GB", major=7, minor=0))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    dlu_triton.ops._gpu_problem.cache_clear()
+    yield
+    dlu_triton.ops._gpu_problem.cache_clear()
+
+
+def test_unsupported_gpu_names_itself_and_the_way_out(volta):
+    with pytest.raises(RuntimeError, match=r"cuda:0 \(Tesla V100-SXM2-16GB\): its compute capability 7\.0 is below 7\.5"
+                                           r".*dlu_triton\.reference\.dlu_upsample.*float64"):
+        dlu_triton.ops._check_gpu(torch.device("cuda", 0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to dispatch to")
+def test_unsupported_gpu_raises_before_any_launch(volta, monkeypatch):
+    launched = []
+    monkeypatch.setattr(dlu_triton.ops.fwd_kernels, "dlu_forward", lambda *a: launched.append(a))
+    inputs = dlu_inputs(1, 4, 3, 3, 3, 1, 2, dtype=torch.float32, device="cuda")
+    with pytest.raises(RuntimeError, match="cannot run on cuda"):
+        dlu_triton.dlu_upsample(*inputs, 3, 1, 2)
+    assert not launched
+    assert dlu_triton.dlu_upsample(*(t.double() for t in inputs), 3, 1, 2).shape == (1, 4, 6, 6)

@@ -78,7 +78,7 @@ import triton.language as tl
 
 from .common import (
     LAUNCH, TIES_LAST, acc_dtype, accumulator, atomic_add_lanes_first, cdiv, channel_mask, corner_probs,
-    dot_precision, even_channels, feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space,
+    dot_add, dot_precision, even_channels, feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space,
     load_lanes_first, logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space,
     pixel_product_blocks, pixel_tile, pow2, sampling_point, subpixel_columns, taps_padded, window, window_taps,
 )
@@ -179,7 +179,7 @@ def _mask_grad_dot_kernel(
     BLOCK_P: tl.constexpr,  # consecutive source pixels per program (their columns share one window)
     BLOCK_C: tl.constexpr,  # channels per product (its inner dimension)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
-    PRECISION: tl.constexpr,  # tl.dot input precision (dot_precision)
+    PRECISION: tl.constexpr,  # tl.dot input precision (common.dot_precision)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -198,7 +198,7 @@ def _mask_grad_dot_kernel(
         c = (g * CPG + cg).to(IDX)
         dy = tl.load(gy_at + (c * sgc)[None, :], mask=t_ok[:, None] & c_ok[None, :], other=0.0)  # [M, C]
         xw = tl.load(x_at + (c * sxc)[:, None], mask=c_ok[:, None] & w_ok[None, :], other=0.0)  # [C, WTP]
-        acc = tl.dot(dy.to(ACC), xw.to(ACC), acc, input_precision=PRECISION)
+        acc = dot_add(dy.to(ACC), xw.to(ACC), acc, PRECISION, ACC)
     # column (pixel p, sub-pixel) keeps the window taps (ky, u) with u - p a tap column: a band
     kx = u[None, :] - p[:, None]
     band = (kx >= 0) & (kx < KS) & (ky < KS)[None, :] & t_ok[:, None]
@@ -389,7 +389,7 @@ def _feature_grad_sums_kernel(
     BLOCK_SY: tl.constexpr,  # sub-pixel rows a step (BLOCK_SY * SXP sub-pixels, the product's inner dimension)
     BLOCK_C: tl.constexpr,  # channels per program (the product's rows)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
-    PRECISION: tl.constexpr,  # tl.dot input precision (dot_precision)
+    PRECISION: tl.constexpr,  # tl.dot input precision (common.dot_precision)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -417,7 +417,7 @@ def _feature_grad_sums_kernel(
         ox = ix * S + tx
         dy = tl.load(gy_at + (oy * sgy + ox * sgx)[None, :], mask=c_ok[:, None] & t_ok[None, :], other=0.0)  # [C, T]
         kt = tl.load(k_at + (oy * sky + ox * skx)[:, None], mask=t_ok[:, None] & (j < KK)[None, :], other=0.0)
-        acc = tl.dot(dy.to(ACC), kt.to(ACC), acc, input_precision=PRECISION)
+        acc = dot_add(dy.to(ACC), kt.to(ACC), acc, PRECISION, ACC)
     z_at = z_ptr + n * szn + iy * szy + ix * szx + (j * szj)[None, :] + (c * szc)[:, None]
     tl.store(z_at, acc, mask=c_ok[:, None] & (j < KK)[None, :])
 

@@ -128,6 +128,16 @@ def even_channels(channels_per_group, block_c):
     return int(channels_per_group % block_c == 0)
 
 
+@triton.jit
+def dot_add(a, b, acc, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """acc + a @ b on the tensor cores (PRECISION: dot_precision). In float64, which only Triton's
+    interpreter runs (CUDA float64 takes the reference), a broadcast product instead: tl.dot has
+    float64 from Triton 3.5 only, and the package supports 3.4."""
+    if ACC == tl.float64:
+        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
 @triton.jit(do_not_specialize=["HW", "G", "BLOCKS", "COPIES"])
 def _kernel_space_kernel(
     l_ptr, p_ptr, z_ptr,  # logits; kernel space out; COPIES copies of a buffer laid out like it, zeroed
@@ -382,14 +392,31 @@ def pixel_product_blocks(channels_per_group, scale_factor, kernel_size):
     return max(1, 64 // pow2(scale_factor)), max(16, min(64, pow2(channels_per_group)))
 
 
+# The GPU targets every kernel is compiled for in CI (`benchmarks/compile_report.py --matrix`,
+# docs/testing.md), with each one's shared memory a block may use (bytes, opt-in maximum): the
+# GPUs `ops` lets launch the kernels. NVIDIA from Turing (sm_75) on; AMD's CDNA 2-4 data-centre
+# GPUs (MI200, MI300, MI350).
+TARGETS = {
+    "sm_75": 65536, "sm_80": 167936, "sm_86": 101376, "sm_89": 101376, "sm_90": 232448, "sm_100": 232448,
+    "sm_120": 101376, "gfx90a": 65536, "gfx942": 65536, "gfx950": 163840,
+}
+
+
+def backend(device):
+    """The Triton backend that compiles for `device`'s kernels: "hip" on a ROCm build of PyTorch
+    (whose GPUs are device type "cuda" too), else "cuda" (the interpreter's CPU tensors included)."""
+    return "hip" if device.type == "cuda" and torch.version.hip else "cuda"
+
+
 def dot_precision(*operands):
     """tl.dot's input precision for a product of these tensors' values, converted to the
-    accumulator dtype first: plain float64 if any is float64; three tf32 products (about
-    float32's accuracy) if any is float32 (DLU's kernel space and K buffer are, whatever the
-    inputs' dtype); one tf32 product when all are float16 or bfloat16, whose values are exact in
-    tf32."""
+    accumulator dtype first: plain float64 if any is float64. On NVIDIA, three tf32 products
+    (about float32's accuracy) if any is float32 (DLU's kernel space and K buffer are, whatever
+    the inputs' dtype), and one tf32 product when all are float16 or bfloat16, whose values are
+    exact in tf32. On AMD, plain float32 ("ieee"): CDNA's matrix cores multiply float32
+    directly, and tf32x3 is NVIDIA's alone."""
     dtypes = {t.dtype for t in operands}
-    if torch.float64 in dtypes:
+    if torch.float64 in dtypes or backend(operands[0].device) == "hip":
         return "ieee"
     return "tf32x3" if torch.float32 in dtypes else "tf32"
 
