@@ -10,8 +10,9 @@ what both modules wait on. Dispatch, by the features' device:
   GPU that the compile matrix covers (`kernels.common.TARGETS`: NVIDIA from sm_75, AMD gfx90a,
   gfx942, gfx950) with a Triton that has its backend; any other GPU gets a RuntimeError naming
   it and the way out before anything launches;
-- CPU with TRITON_INTERPRET=1 set before import: the same Triton kernels in Triton's interpreter;
-- otherwise (CPU, or float64 on CUDA): the PyTorch reference.
+- CPU with TRITON_INTERPRET=1: the same Triton kernels in Triton's interpreter;
+- CPU otherwise: `dlu_triton.cpu`, blocks of batched matrix products (every dtype);
+- float64 on CUDA: the PyTorch reference.
 
 Every check runs in Python before any kernel launches and raises TypeError or ValueError naming
 the argument. Under torch.autocast the ops compute in their tensors' widest floating dtype
@@ -26,7 +27,7 @@ import triton
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from . import reference
+from . import cpu, reference
 from .kernels import backward as bwd_kernels
 from .kernels import forward as fwd_kernels
 from .kernels.common import TARGETS, backend, new_output, output_format
@@ -149,15 +150,16 @@ def _upsampled(features, scale_factor):
     return new_output(features, (n, c, scale_factor * h, scale_factor * w))
 
 
-def _dispatch(features, kernel_fn, reference_fn, args, like):
-    """Run one op: the Triton kernels on the features' device, or the reference, whose results are
-    put in the memory formats the fake implementation promises (those of the tensors in `like`)."""
+def _dispatch(features, kernel_fn, cpu_fn, reference_fn, args, like):
+    """Run one op: the Triton kernels on the features' device, or the CPU path or the reference,
+    whose results are put in the memory formats the fake implementation promises (those of the
+    tensors in `like`)."""
     if _use_triton(features):
         if features.device.type == "cuda":
             _check_gpu(features.device)
         with _on_device(features):
             return kernel_fn(*args)
-    out = reference_fn(*args)
+    out = (cpu_fn if features.device.type == "cpu" else reference_fn)(*args)
     if isinstance(out, torch.Tensor):
         return out.contiguous(memory_format=output_format(like[0]))
     return tuple(t.contiguous(memory_format=output_format(lk)) for t, lk in zip(out, like))
@@ -200,7 +202,7 @@ def _register_autocast(name):
 
 def _dlu_forward(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
     args = (features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    return _dispatch(features, fwd_kernels.dlu_forward, reference.dlu_upsample, args, (features,))
+    return _dispatch(features, fwd_kernels.dlu_forward, cpu.dlu_upsample, reference.dlu_upsample, args, (features,))
 
 
 @torch.library.custom_op("dlu_triton::dlu_upsample", mutates_args=())
@@ -226,7 +228,7 @@ def _dlu_backward(
     # The default logits gradient is summed with atomics (last bits vary run to run); PyTorch's
     # deterministic mode gets the variant summed in a fixed order.
     kernels = functools.partial(bwd_kernels.dlu_backward, deterministic=torch.are_deterministic_algorithms_enabled())
-    return _dispatch(features, kernels, reference.dlu_upsample_backward, args, args[1:4])
+    return _dispatch(features, kernels, cpu.dlu_upsample_backward, reference.dlu_upsample_backward, args, args[1:4])
 
 
 _dlu_upsample_backward_op = torch.library.custom_op("dlu_triton::dlu_upsample_backward", mutates_args=())(_dlu_backward)
@@ -245,7 +247,7 @@ _register_autograd(_dlu_upsample_op, _dlu_upsample_backward_op)
 
 def _carafe_forward(features, masks, kernel_size, group_size, scale_factor):
     args = (features, masks, kernel_size, group_size, scale_factor)
-    return _dispatch(features, fwd_kernels.carafe_forward, reference.carafe, args, (features,))
+    return _dispatch(features, fwd_kernels.carafe_forward, cpu.carafe, reference.carafe, args, (features,))
 
 
 @torch.library.custom_op("dlu_triton::carafe", mutates_args=())
@@ -267,7 +269,8 @@ def _carafe_backward(
     kernel_size: int, group_size: int, scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     args = (grad_out, features, masks, kernel_size, group_size, scale_factor)
-    return _dispatch(features, bwd_kernels.carafe_backward, reference.carafe_backward, args, args[1:3])
+    return _dispatch(features, bwd_kernels.carafe_backward, cpu.carafe_backward, reference.carafe_backward, args,
+                     args[1:3])
 
 
 _carafe_backward_op = torch.library.custom_op("dlu_triton::carafe_backward", mutates_args=())(_carafe_backward)

@@ -88,17 +88,19 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
     return grad_features, grad_masks
 
 
-def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    """Gradients of `dlu_upsample` for features, kernel_logits and offsets."""
-    n, _, h, w = features.shape
-    k, g, s = kernel_size, group_size, scale_factor
-    space = _kernel_space(kernel_logits, k, g)
-    masks, nan, safe = _sample(space, _sampling_grid(offsets, g, s, h, w))
-    grad_features, grad_masks = carafe_backward(grad_out, features, masks.reshape(n, g * k * k, s * h, s * w), k, g, s)
+def _masks_backward(grad_masks, space, nan, safe):
+    """The sampled masks' gradient ([N*G, k*k, s*H', s*W], H' rows of the output) sent through
+    grid_sample: the kernel space's gradient and the grid's (NaN where the grid is)."""
     grad_space, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-        grad_masks.reshape(masks.shape).masked_fill(nan[:, None], 0.0), space, safe, 0, 1, True, [True, True]
+        grad_masks.masked_fill(nan[:, None], 0.0), space, safe, 0, 1, True, [True, True]
     )  # 0: bilinear, 1: border padding
-    grad_grid = grad_grid.masked_fill(nan[..., None], float("nan"))
+    return grad_space, grad_grid.masked_fill(nan[..., None], float("nan"))
+
+
+def _logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, group_size, scale_factor):
+    """The softmax's and the sampling grid's gradients back to the logits and the offsets."""
+    n, _, h, w = kernel_logits.shape
+    g, s = group_size, scale_factor
     grad_logits = space * (grad_space - (space * grad_space).sum(1, keepdim=True))
     # d grid / d offset is the normalisation's slope (zero for a single pixel).
     gx = grad_grid[..., 0] * (2.0 / (w - 1) if w > 1 else 0.0)
@@ -106,4 +108,15 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
     grad_off = torch.stack((gx, gy), dim=1).reshape(n, 2 * g, h, s, w, s)
     # pixel_unshuffle, spelled out: F.pixel_unshuffle returns an empty batch unreshaped.
     grad_offsets = grad_off.permute(0, 1, 3, 5, 2, 4).reshape(n, 2 * g * s * s, h, w)
-    return grad_features, grad_logits.reshape(kernel_logits.shape), grad_offsets
+    return grad_logits.reshape(kernel_logits.shape), grad_offsets
+
+
+def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    """Gradients of `dlu_upsample` for features, kernel_logits and offsets."""
+    n, _, h, w = features.shape
+    k, g, s = kernel_size, group_size, scale_factor
+    space = _kernel_space(kernel_logits, k, g)
+    masks, nan, safe = _sample(space, _sampling_grid(offsets, g, s, h, w))
+    grad_features, grad_masks = carafe_backward(grad_out, features, masks.reshape(n, g * k * k, s * h, s * w), k, g, s)
+    grad_space, grad_grid = _masks_backward(grad_masks.reshape(masks.shape), space, nan, safe)
+    return (grad_features, *_logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlu_triton import cpu
 from dlu_triton.kernels import backward, common, forward
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -26,7 +27,7 @@ def poisoned_outputs(monkeypatch):
         out = allocate(like, size, dtype, memory_format)
         return out.fill_(float("nan") if out.is_floating_point() else -1)
 
-    for module in (common, forward, backward):
+    for module in (common, forward, backward, cpu):
         monkeypatch.setattr(module, "new_output", poisoned)
 
 
@@ -36,18 +37,18 @@ def device(request):
 
 
 def exact_dtype(device):
-    """float64 where the kernels take it (CPU: interpreter and reference); on CUDA float64 goes
-    to the reference, so the kernels are checked in float32 there."""
+    """float64 where the kernels take it (CPU: the interpreter and the CPU path); on CUDA float64
+    goes to the reference, so the kernels are checked in float32 there."""
     return torch.float64 if device == "cpu" else torch.float32
 
 
-@pytest.fixture(params=["triton", "reference"])
+@pytest.fixture(params=["triton", "cpu"])
 def path(request, device, monkeypatch):
     """Which implementation the ops dispatch to: the Triton kernels (CUDA, or the interpreter on
-    CPU) or the PyTorch reference (CPU without the interpreter)."""
+    CPU) or the CPU path (dlu_triton.cpu: CPU without the interpreter)."""
     if request.param == "triton" and device == "cpu" and not INTERPRETING:
         pytest.skip("the Triton kernels run on CPU only with TRITON_INTERPRET=1 (the README's test command sets it)")
-    if request.param == "reference":
+    if request.param == "cpu":
         if device != "cpu":
             pytest.skip("CUDA always dispatches to the Triton kernels")
         monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -32,7 +32,7 @@ def train(model, x, target):
 
 
 def ddp_worker(rank, rendezvous, result):
-    os.environ["TRITON_INTERPRET"] = "0"  # the reference path: this test is about DDP, not the kernels
+    os.environ["TRITON_INTERPRET"] = "0"  # the CPU path: this test is about DDP, not the kernels
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     model, x, target = model_and_data()
     ddp = nn.parallel.DistributedDataParallel(model)  # find_unused_parameters=False: every parameter is used

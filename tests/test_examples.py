@@ -32,7 +32,7 @@ def test_flop_counter_counts_the_fused_op_in_the_example_model(example):
 
 
 def test_example_trains_every_upsampler(example, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the reference path: the interpreter is too slow for whole images
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the CPU path: the interpreter is too slow for whole images
     results = example.main(["--steps", "3", "--batch", "2", "--crop", "32", "--eval-every", "3", "--out", str(tmp_path)])
     assert [r["method"] for r in results] == example.METHODS
     assert all(len(r["psnr"]) == len(example.HELD_OUT) and all(15 < p < 60 for p in r["psnr"]) for r in results)

@@ -1,0 +1,92 @@
+"""The CPU path (dlu_triton/cpu.py) directly: blocks of rows, partial segments, every dtype, and
+which calls it hands to the reference. The ops' tests (test_ops.py and others, `path` "cpu") run
+it through dispatch on the suite's shapes, layouts, empty batches, gradcheck and opcheck."""
+import pytest
+import torch
+
+from dlu_triton import cpu, reference
+
+from .inputs import carafe_inputs, dlu_inputs
+from .tolerance import assert_close
+
+# (N, C, H, W, k, G, s): widths that are not a whole number of 8-pixel segments (7, 13, 21) or
+# narrower than one (3), W = 1, every k, G and s = 1 .. 16.
+SHAPES = [(2, 8, 5, 13, 3, 2, 2), (1, 4, 7, 21, 5, 1, 3), (1, 6, 3, 3, 7, 3, 2), (1, 4, 4, 1, 1, 4, 4),
+          (2, 5, 6, 8, 5, 1, 1), (1, 8, 3, 7, 3, 2, 8), (1, 4, 2, 2, 3, 1, 16)]
+
+
+@pytest.fixture(params=[1 << 30, 1], ids=["one-block", "row-blocks"])
+def blocks(request, monkeypatch):
+    """All rows in one block, or one source row a block (halos shared between blocks)."""
+    monkeypatch.setattr(cpu, "BLOCK_BYTES", request.param)
+
+
+def grads(n, c, h, w, s, dtype=torch.float64):
+    return torch.randn(n, c, s * h, s * w, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_carafe(shape, blocks):
+    n, c, h, w, k, g, s = shape
+    features, masks = carafe_inputs(n, c, h, w, k, g, s)
+    dy = grads(n, c, h, w, s)
+    assert_close("carafe", cpu.carafe(features, masks, k, g, s), reference.carafe(features, masks, k, g, s))
+    for name, got, want in zip(("grad features", "grad masks"), cpu.carafe_backward(dy, features, masks, k, g, s),
+                               reference.carafe_backward(dy, features, masks, k, g, s)):
+        assert_close(name, got, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_dlu(shape, blocks):
+    n, c, h, w, k, g, s = shape
+    inputs = dlu_inputs(n, c, h, w, k, g, s)
+    dy = grads(n, c, h, w, s)
+    assert_close("dlu", cpu.dlu_upsample(*inputs, k, g, s), reference.dlu_upsample(*inputs, k, g, s))
+    for name, got, want in zip(("grad features", "grad logits", "grad offsets"),
+                               cpu.dlu_upsample_backward(dy, *inputs, k, g, s),
+                               reference.dlu_upsample_backward(dy, *inputs, k, g, s)):
+        assert_close(name, got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dtypes(dtype):
+    """Every CPU dtype against the float64 reference (16-bit: computed in float32, rounded once;
+    held to the suite's rule of twice PyTorch's own error in that dtype)."""
+    n, c, h, w, k, g, s = 1, 8, 5, 11, 5, 2, 2
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dtype)
+    exact = reference.dlu_upsample(*(t.double() for t in inputs), k, g, s)
+    lowp = reference.dlu_upsample(*inputs, k, g, s)
+    out = cpu.dlu_upsample(*inputs, k, g, s)
+    assert out.dtype == dtype
+    assert_close("dlu", out, exact, lowp)
+
+
+def test_finite_calls_do_not_take_the_reference(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+
+    for name in ("carafe", "carafe_backward", "dlu_upsample", "dlu_upsample_backward"):
+        monkeypatch.setattr(reference, name, refuse)
+    n, c, h, w, k, g, s = SHAPES[0]
+    inputs = dlu_inputs(n, c, h, w, k, g, s)
+    features, masks = carafe_inputs(n, c, h, w, k, g, s)
+    dy = grads(n, c, h, w, s)
+    cpu.dlu_upsample(*inputs, k, g, s)
+    cpu.dlu_upsample_backward(dy, *inputs, k, g, s)
+    cpu.carafe(features, masks, k, g, s)
+    cpu.carafe_backward(dy, features, masks, k, g, s)
+
+
+@pytest.mark.parametrize("where", ["features", "grad"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_calls_take_the_reference(where, value):
+    """A non-finite feature or output gradient would cross the band's zeros: the reference runs,
+    so its NaN and Inf come out exactly where the reference puts them."""
+    n, c, h, w, k, g, s = SHAPES[1]
+    features, masks = carafe_inputs(n, c, h, w, k, g, s)
+    dy = grads(n, c, h, w, s)
+    (features if where == "features" else dy)[0, 1, 2, 3] = value
+    got = (cpu.carafe(features, masks, k, g, s), *cpu.carafe_backward(dy, features, masks, k, g, s))
+    want = (reference.carafe(features, masks, k, g, s), *reference.carafe_backward(dy, features, masks, k, g, s))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, equal_nan=True)
