@@ -108,3 +108,19 @@ def test_modules(bench, scale, method, direction):
     nbytes = n * c * h * w * 4 * (1 + scale * scale)
     nflops = B.method_flops(method, c, scale, h, w, n) * (1 if direction == "fwd" else 3)
     bench(run, nbytes, nflops, shape=f"N{n} C{c} {h}x{w} s{scale}", dtype="float32", direction=direction, impl=method)
+
+
+@pytest.mark.skipif(GPU, reason="the CPU paths' script (benchmarks/cpu_paths.py) times the CPU")
+def test_cpu_paths_script_rows_run(tmp_path):
+    """Every row of benchmarks/cpu_paths.py runs at a tiny shape (ONNX export included), so the
+    script cannot rot between the sessions that time it; its table is docs/results/cpu-paths.md."""
+    pytest.importorskip("onnxruntime")
+    from . import cpu_paths
+
+    rows, x = cpu_paths.cases((1, 4, 3, 5, 3, 2, 2), str(tmp_path))
+    for make, _ in rows.values():
+        call = make()
+        if isinstance(call, torch.nn.Module):
+            call(x)
+        else:
+            call()

@@ -6,6 +6,7 @@ bandwidth floor (minimal bytes / copy bandwidth measured in the same run).
 """
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -122,8 +123,10 @@ def compare(args):
         bandwidth = B.copy_bandwidth(args.device)
         print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
     else:
-        print(f"dlu-triton compare on CPU ({info['cpu']}): NO GPU, so this times the PyTorch reference path, "
-              f"not the Triton kernels; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
+        path = ("Triton's interpreter (TRITON_INTERPRET=1), which is slow" if os.environ.get("TRITON_INTERPRET") == "1"
+                else "the CPU path (dlu_triton.cpu: blocked matrix products), not the Triton kernels")
+        print(f"dlu-triton compare on CPU ({info['cpu']}, {torch.get_num_threads()} threads): NO GPU, so this times "
+              f"{path}; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
         bandwidth = None
     results = []
     for scale in args.scales:
