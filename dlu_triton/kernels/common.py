@@ -205,7 +205,7 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
 
     A program holds [BLOCK pixels, k*k padded] of one image and group. torch.softmax over the
     taps, a non-innermost dim of [N, G, k*k, H, W], took 15-18 us a call at the anchor on the
-    H100 (docs/results/h100-profile-modules.txt) for 6.6 MB of traffic."""
+    H100 (docs/results/2026-11-23-h100/h100-profile-modules.txt) for 6.6 MB of traffic."""
     slp = plane_stride(logits)
     if slp is None:  # a spatially strided view: copy the small logits once
         logits = logits.contiguous()
@@ -334,7 +334,7 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     the lanes along the pixels (up to 32 of one row) and then the channels, the warps along the
     channels, so a thread holds every sub-pixel of the tile for its pixel and channels: each
     feature it loads serves BLOCK_SY * s outputs from registers. In the H100 sweep
-    (docs/results/h100-forward-v10.md) 16 sub-pixels a thread and 64 channels ran fastest at
+    (docs/results/2026-11-23-h100/h100-forward-v10.md) 16 sub-pixels a thread and 64 channels ran fastest at
     s >= 4. At s = 2, 32 channels beat 64 by 5% at N2 128x128 but lost 10% at N8 100x152.
     """
     sxp = pow2(scale_factor)
@@ -356,7 +356,7 @@ def logit_grad_copies(scale_factor):
     atomics over (summed in the final pass). Each kernel-space value receives about 4*s*s atomic
     adds, one per sampled corner; in the H100 module profile (v11, N2 C256, output 256x256, the
     same atomics in each case) the kernel gradient took 49, 61, 122 and 342 us at s = 2, 4, 8 and
-    16 (docs/results/h100-profile-modules.txt): same-address atomics serialise. Output row oy
+    16 (docs/results/2026-11-23-h100/h100-profile-modules.txt): same-address atomics serialise. Output row oy
     adds to copy oy % copies, so no copy takes more than about 64 adds a value (s = 4's count);
     the extra memory is at most 1/16 of the backward's K buffer."""
     return min(scale_factor, max(1, scale_factor * scale_factor // 16))
