@@ -187,39 +187,47 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
     return grad_features, grad_masks
 
 
-def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    if not _finite(features) or features.numel() == 0:
-        return reference.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+def _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    """DLU's kernel space and sampling grid (the reference's functions), and block(y0, y1): the
+    kernels sampled for source rows y0 .. y1 as masks [N, G*k*k, rows*s, W*s], with the
+    reference's NaN points and safe grid for the backward."""
     n, _, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
     space = reference._kernel_space(kernel_logits, k, g)
     grid = reference._sampling_grid(offsets, g, s, h, w)
 
-    def masks(y0, y1):
-        return reference._sample(space, grid[:, y0 * s:y1 * s])[0].reshape(n, g * k * k, (y1 - y0) * s, w * s)
+    def block(y0, y1):
+        masks, nan, safe = reference._sample(space, grid[:, y0 * s:y1 * s])
+        return masks.reshape(n, g * k * k, (y1 - y0) * s, w * s), nan, safe
 
-    return _reassemble(features, masks, k, g, s)
+    return space, grid, block
+
+
+def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
+    if not _finite(features) or features.numel() == 0:
+        return reference.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    _, _, block = _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    return _reassemble(features, lambda y0, y1: block(y0, y1)[0], kernel_size, group_size, scale_factor)
 
 
 def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
     if not _finite(features, grad_out) or features.numel() == 0:
         return reference.dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size,
                                                scale_factor)
-    n, _, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
-    space = reference._kernel_space(kernel_logits, k, g)
-    grid = reference._sampling_grid(offsets, g, s, h, w)
+    space, grid, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
     grad_space = torch.zeros_like(space)
     grad_grid = new_output(grid, grid.shape, memory_format=torch.contiguous_format)
-    sampled = {}
+    sampled = {}  # each block's NaN points and safe grid, from its masks to its masks' gradient
 
     def masks(y0, y1):
-        sampled[y0] = reference._sample(space, grid[:, y0 * s:y1 * s])
-        return sampled[y0][0].reshape(n, g * k * k, (y1 - y0) * s, w * s)
+        m, *sampled[y0] = block(y0, y1)
+        return m
 
     def store(y0, y1, d):
-        masks_, nan, safe = sampled.pop(y0)
-        gs, gg = reference._masks_backward(d.reshape(masks_.shape).to(space.dtype), space, nan, safe)
+        nan, safe = sampled.pop(y0)
+        gs, gg = reference._masks_backward(d.reshape(space.shape[0], k * k, *nan.shape[1:]).to(space.dtype),
+                                           space, nan, safe)
         grad_space.add_(gs)
         grad_grid[:, y0 * s:y1 * s] = gg
 

@@ -41,8 +41,8 @@ products (tf32x3, about float32's accuracy); float16 and bfloat16 values are exa
 product of those alone takes one (common.dot_precision).
 Step 1 otherwise (s = 1 or k = 1): a one-warp program per (output row, BLOCK_P source pixels,
 SXB sub-pixel columns, group), a pixel a lane. It loops over the group's channels one at a time:
-loads the channel's dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P], and adds each
-product to dK[j] in the thread's registers. So dy is read once, not once per tap, and no sum
+loads the channel's dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P],
+and adds each product to dK[j] in the thread's registers. So dy is read once, not once per tap, and no sum
 crosses a thread. One channel a step, not a [BLOCK_C, SXB, BLOCK_P] block summed over its
 channels: in that 3-D tile the pixels and the channels are equally strided, and Triton 3.6 gave
 the lanes to the first axis on such a tie, 3.7 and later to the last, so no axis order kept
