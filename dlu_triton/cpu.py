@@ -1,236 +1,256 @@
-"""The CPU path: CARAFE's reassembly, and so DLU's, as batched matrix products on blocks of rows.
+"""The CPU path: CARAFE's reassembly, and so DLU's, as weighted sums of gathered channel rows.
 
-Maths. Split each image row into segments of B source pixels (B = min(8, W)) and let r = k // 2.
-All s*s*B outputs of source row iy, segment x0 .. x0 + B - 1 read one window of the padded
-features, k rows of B + 2r pixels, X_win [k(B+2r), C] (channels last), and
+Maths. Keep the features channels last and zero-padded by r = k // 2, a table of rows Xp[row]
+(a row: one pixel's cpg channels of one group). Output pixel p of group g is a weighted sum of
+the k*k rows its taps read,
 
-    out[c, (sy, b, sx)] = sum over (ky, u) of X_win[(ky, u), c] * Band[(ky, u), (sy, b, sx)],
-    Band[(ky, u), (t, b)] = K[ky*k + (u - b), t, x0 + b]  where 0 <= u - b < k, else 0,
+    out[p, g, :] = sum over taps t of K[p, g, t] * Xp[src(p) + t, g, :],   src(p) = (py // s, px // s),
 
-one product [C x k(B+2r)] @ [k(B+2r) x s*s*B] per (row, segment), batched over a block of rows
-by `torch.bmm`: in a channels-last copy of the segment's columns with their halo, the windows of
-consecutive rows are one strided view, k(B+2r)*C values apart by B+2r pixels, so nothing is
-unfolded. The band spends k(B+2r)/k**2 of the minimal multiply-adds (2.4x at k = 5, B = 8) to
-run at the matrix unit's speed instead of one elementwise pass over the output per tap. With dY
-the output gradient in the same layout:
+which is `embedding_bag(mode="sum", per_sample_weights=K)`, the k*k row numbers of (p, g) its
+bag: exactly the k*k*C multiply-adds of the contract per output pixel, in PyTorch's vectorised
+and threaded gather-sum (FBGEMM's for float32). With dY the output gradient, channels last,
+the backward is two sums of the same size:
 
-    dBand  = X_win @ dY^T   [k(B+2r), s*s*B]: the masks' gradient is its band,
-    dX_win = Band @ dY^T    [k(B+2r), C]: summed back over the overlapping windows (rows and
-                            segments overlap by 2r).
+    dK[p, g, t] = < Xp[src(p) + t, g, :], dY[p, g, :] >    embedding_bag's per-sample-weights
+                                                           gradient: one dot product per tap;
+    dX[q, g, :] = sum over (t, sy, sx) of K[p, g, t] * dY[p, g, :], p the output pixel of
+                  sub-pixel (sy, sx) whose tap t reads q: a bag of k*k*s*s rows of dY, the
+                  taps from outside the image pointing at a zero row.
 
-A block of rows is computed at a time, so the temporaries are bounded (BLOCK_BYTES of output a
-block); no k*k copy of the features and, for DLU, no full-size mask exists: DLU samples the
-kernels of a block from the kernel space (the reference's softmax and grid_sample, so the same
-numbers) and its backward sends the block's mask gradient through grid_sample's backward.
+These are the reference's products (unfold's zeros are the table's padding rows), summed in
+another order, so NaN and Inf come out where the reference puts them.
 
-Non-finite values. The band's zeros meet every feature of a window, and 0 * Inf is NaN, so a
-non-finite feature (forward, masks' gradient) or output gradient (features' gradient) would
-reach outputs the reference keeps finite: such calls take the reference, whose rules define them.
-Half-precision inputs are computed in float32 and rounded once at the end.
+Blocks. One image's block of source rows is computed at a time (BLOCK_BYTES of output), so
+no k*k copy of the features and, for DLU, no full-size mask exists: DLU samples a block's
+kernels from the kernel space (the reference's softmax and grid_sample, so the same numbers)
+and sends the block's kernel gradient through grid_sample's backward. The backward's block
+also holds the dY rows and kernels of the r source rows on either side, which its dX reads.
+A channels-first output is written block by block through a transposing copy. Half-precision
+inputs are computed in float32 and rounded once at the end.
 """
+import ctypes
+import functools
+import sys
+
 import torch
 import torch.nn.functional as F
 
 from . import reference
-from .kernels.common import new_output
+from .kernels.common import accumulator, new_output
 
-BLOCK_BYTES = 8 << 20  # output bytes a block of rows computes at once
+BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache's worth)
+BACKWARD_BLOCKS = 8  # a backward block is this many forward blocks: fewer calls, fewer halos
+_MADV_HUGEPAGE = 14  # Linux's madvise advice
 
 
-class _Blocks:
-    """The geometry of one call: segments of B pixels, windows of W_ = B + 2r columns, blocks of
-    `rows` source rows."""
+@functools.cache
+def _madvise():
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
 
-    def __init__(self, features, kernel_size, group_size, scale_factor):
+
+def _empty(like, size, dtype):
+    """new_output, its pages advised huge on Linux (as PyTorch's THP_MEM_ALLOC_ENABLE does for
+    every allocation): the first touch of a fresh 60 MB output otherwise costs more page faults
+    than the reassembly costs arithmetic (17 ms against 4 ms on this project's CPU machine)."""
+    out = new_output(like, size, dtype)
+    madvise = _madvise() if sys.platform == "linux" and out.nbytes >= 4 << 20 else None
+    if madvise is not None:
+        start = -(-out.data_ptr() // 4096) * 4096
+        madvise(start, (out.data_ptr() + out.nbytes) // 4096 * 4096 - start, _MADV_HUGEPAGE)  # a hint: failure is fine
+    return out
+
+
+class _Plan:
+    """One call's geometry: the padded table's row numbers, and blocks of `rows` source rows."""
+
+    def __init__(self, features, kernel_size, group_size, scale_factor, block_bytes):
         self.n, self.c, self.h, self.w = features.shape
-        self.k, self.g, self.s = kernel_size, group_size, scale_factor
-        self.cpg, self.r = self.c // self.g, self.k // 2
-        self.B = min(8, self.w)
-        self.nseg = -(-self.w // self.B)
-        self.W_ = self.B + 2 * self.r
-        self.dtype = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype
-        row_bytes = self.n * self.c * self.s * self.s * self.w * torch.finfo(self.dtype).bits // 8
-        self.rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
-        # u = b + kx: where each tap of sub-pixel column b sits in its window row
-        kx, b = torch.arange(self.k, device=features.device), torch.arange(self.B, device=features.device)
-        self.u = (kx[:, None, None, None] + b[None, None, :, None]).expand(self.k, self.s, self.B, self.s)
+        k, g, s = self.k, self.g, self.s = kernel_size, group_size, scale_factor
+        self.cpg, self.r, self.kk, self.wo = self.c // g, k // 2, k * k, self.w * s
+        self.hp, self.wp = self.h + 2 * self.r, self.w + 2 * self.r
+        self.dtype = accumulator(features)
+        row_bytes = s * self.wo * self.c * torch.finfo(self.dtype).bits // 8
+        self.rows = max(1, min(self.h, block_bytes // max(row_bytes, 1)))
+        ar = functools.partial(torch.arange, device=features.device)
+        tap = (ar(k)[:, None] * self.wp + ar(k)) * g  # a tap's row offset in the table
+        oy, ox = ar(self.rows * s) // s, ar(self.wo) // s
+        pixel = (oy[:, None] * self.wp + ox) * g
+        # the bags of image 0's first block: [rows*s, Wo, G, k*k] table rows
+        self._index = (pixel[:, :, None, None] + ar(g)[:, None] + tap.view(-1))
 
-    def ranges(self):
-        return [(y0, min(self.h, y0 + self.rows)) for y0 in range(0, self.h, self.rows)]
+    def blocks(self):
+        return [(i, y0, min(self.h, y0 + self.rows)) for i in range(self.n) for y0 in range(0, self.h, self.rows)]
 
-    def padded(self, features):
-        """The features padded by r (and to whole segments), channels last: [N, H+2r, Wpad, C]."""
-        x = features.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        right = self.nseg * self.B - self.w + self.r
-        return F.pad(x, (self.r, right, self.r, self.r)).permute(0, 2, 3, 1)
+    def table(self, features):
+        """The features zero-padded by r, channels last, as rows: [N*Hp*Wp*G, cpg]."""
+        r, h, w = self.r, self.h, self.w
+        xp = features.new_empty(self.n, self.hp, self.wp, self.c, dtype=self.dtype)
+        for pad in (xp[:, :r], xp[:, r + h:], xp[:, r:r + h, :r], xp[:, r:r + h, r + w:]):
+            pad.zero_()
+        xp[:, r:r + h, r:r + w] = features.permute(0, 2, 3, 1)
+        return xp.view(-1, self.cpg)
 
-    def tiles(self, xp, y0, y1):
-        """Rows y0 .. y1 + 2r of each segment's window columns: [N, G, nseg, rows + 2r, W_, cpg]."""
-        block = xp[:, y0:y1 + 2 * self.r].unflatten(3, (self.g, self.cpg)).unfold(2, self.W_, self.B)
-        return block.permute(0, 3, 2, 1, 5, 4).contiguous()
+    def index(self, i, y0, y1):
+        """The bags of image i's source rows y0 .. y1: [(y1-y0)*s*Wo*G, k*k] table rows."""
+        return (self._index[:(y1 - y0) * self.s] + (i * self.hp + y0) * self.wp * self.g).view(-1, self.kk)
 
-    def windows(self, tiles, i, seg):
-        """The windows of the block's rows for image-and-group i, segment seg: [rows, k*W_, cpg]."""
-        t = tiles[i // self.g, i % self.g, seg]
-        return t.as_strided((t.shape[0] - 2 * self.r, self.k * self.W_, self.cpg), (self.W_ * self.cpg, self.cpg, 1))
-
-    def band(self, masks):
-        """Masks [N, G*k*k, rows*s, W*s] of a block -> Band [N, G, nseg, rows, k*W_, s*B*s]."""
-        n, g, k, s, B = self.n, self.g, self.k, self.s, self.B
-        rows = masks.shape[2] // s
-        m = masks.to(self.dtype).reshape(n, g, k, k, rows, s, self.w, s)
-        m = F.pad(m, (0, 0, 0, self.nseg * B - self.w)).view(n, g, k, k, rows, s, self.nseg, B, s)
-        src = m.permute(0, 1, 6, 4, 2, 3, 5, 7, 8)  # [N, G, nseg, rows, ky, kx, sy, b, sx]
-        band = src.new_zeros(n, g, self.nseg, rows, k, self.W_, s, B, s)
-        band.scatter_(5, self.u.expand(src.shape), src)
-        return band.view(n, g, self.nseg, rows, k * self.W_, s * B * s)
-
-    def unband(self, dband):
-        """The inverse of band: [N, G, nseg, rows, k*W_, s*B*s] -> [N, G*k*k, rows*s, W*s]."""
-        n, g, k, s, B = self.n, self.g, self.k, self.s, self.B
-        rows = dband.shape[3]
-        d = dband.view(n, g, self.nseg, rows, k, self.W_, s, B, s)
-        taps = d.gather(5, self.u.expand(n, g, self.nseg, rows, k, k, s, B, s))
-        m = taps.permute(0, 1, 4, 5, 3, 6, 2, 7, 8).reshape(n, g * k * k, rows * s, self.nseg * B * s)
-        return m[..., :self.w * s]
-
-    def columns(self, seg):
-        """Segment seg's output columns, and how many of its B pixels are in the image."""
-        valid = min(self.B, self.w - seg * self.B)
-        return slice(seg * self.B * self.s, (seg * self.B + valid) * self.s), valid * self.s
+    def gradient_bags(self):
+        """dX's bags for a block's source rows: the rows of the block's dY buffer (source rows
+        y0 - r .. y0 + rows + r, channels last, then one zero row) that each (q, g) sums, and the
+        same rows' k*k-wide kernel entries: ([rows*W*G, k*k*s*s] rows, [same] kernel entries)."""
+        k, g, s, r, w, wo = self.k, self.g, self.s, self.r, self.w, self.wo
+        ar = functools.partial(torch.arange, device=self._index.device)
+        q, t, sub = ar(self.rows), ar(k), ar(s)
+        # dims (qy, qx, g, ky, kx, sy, sx); p's source row in the buffer is qy + 2r - ky
+        py = ((q[:, None] + 2 * r - t) * s)[:, None, None, :, None, None, None] + sub[:, None]
+        src_x = ar(w)[:, None] + r - t  # [qx, kx]
+        px = (src_x * s)[None, :, None, None, :, None, None] + sub
+        inside = ((src_x >= 0) & (src_x < w))[None, :, None, None, :, None, None]
+        row = (py * wo + px) * g + ar(g)[:, None, None, None, None]
+        zero = (self.rows + 2 * r) * s * wo * g  # the buffer's zero row
+        row = torch.where(inside, row, zero).expand(self.rows, w, g, k, k, s, s)
+        kernel = row * self.kk + (t[:, None] * k + t)[:, :, None, None]
+        return row.reshape(-1, self.kk * s * s), kernel.reshape(-1, self.kk * s * s)
 
 
-def _finite(*tensors):
-    """No NaN or Inf in these tensors: their sums are finite (a sum that overflows only sends the
-    call to the reference)."""
-    return all(bool(torch.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)))
-               for t in tensors)
+def _reassemble(features, kernels_of_block, kernel_size, group_size, scale_factor):
+    """out = CARAFE(features, K), kernels_of_block(i, y0, y1) giving image i's kernels of source
+    rows y0 .. y1 as [(y1-y0)*s, W*s, G, k*k]."""
+    p = _Plan(features, kernel_size, group_size, scale_factor, BLOCK_BYTES)
+    table = p.table(features)
+    out = _empty(features, (p.n, p.c, p.h * p.s, p.wo), p.dtype)
+    out_rows = out.permute(0, 2, 3, 1)
+    for i, y0, y1 in p.blocks():
+        index = p.index(i, y0, y1)
+        kernels = kernels_of_block(i, y0, y1).to(p.dtype).reshape(index.shape)
+        block = F.embedding_bag(index, table, per_sample_weights=kernels, mode="sum")
+        out_rows[i, y0 * p.s:y1 * p.s].copy_(block.view(-1, p.wo, p.c))
+    return out.to(features.dtype)
 
 
-def _reassemble(features, masks_of_block, kernel_size, group_size, scale_factor):
-    """out = CARAFE(features, masks), the masks of each block from masks_of_block(y0, y1)."""
-    p = _Blocks(features, kernel_size, group_size, scale_factor)
-    s, B = p.s, p.B
-    out = new_output(features, (p.n, p.c, p.h * s, p.w * s), p.dtype, torch.contiguous_format)
-    out = out.view(p.n, p.g, p.cpg, p.h, s, p.w * s)
-    whole = p.w // B  # segments inside the image; a last, partial one is copied apart
-    xp = p.padded(features)
-    for y0, y1 in p.ranges():
-        rows = y1 - y0
-        tiles, band = p.tiles(xp, y0, y1), p.band(masks_of_block(y0, y1))
-        o = xp.new_empty(p.n, p.g, p.nseg, rows, p.cpg, s, B * s)
-        for i in range(p.n * p.g):
-            ni, gi = divmod(i, p.g)
-            for seg in range(p.nseg):
-                torch.bmm(p.windows(tiles, i, seg).transpose(1, 2), band[ni, gi, seg],
-                          out=o[ni, gi, seg].view(rows, p.cpg, s * B * s))
-        o = o.permute(0, 1, 4, 3, 5, 2, 6)  # [N, G, cpg, rows, sy, nseg, B*s]
-        dst = out[:, :, :, y0:y1]
-        dst[..., :whole * B * s].unflatten(-1, (whole, B * s)).copy_(o[..., :whole, :])
-        if whole < p.nseg:
-            dst[..., whole * B * s:] = o[..., whole, :(p.w - whole * B) * s]
-    return out.view(p.n, p.c, p.h * s, p.w * s).to(features.dtype)
-
-
-def _reassemble_backward(grad_out, features, masks_of_block, masks_grad_of_block, kernel_size, group_size,
+def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_block, kernel_size, group_size,
                          scale_factor):
-    """The features' gradient; each block's masks' gradient goes to masks_grad_of_block(y0, y1, d)."""
-    p = _Blocks(features, kernel_size, group_size, scale_factor)
-    s, cpg, r, k, W_ = p.s, p.cpg, p.r, p.k, p.W_
-    xp = p.padded(features)
-    dxp = xp.new_zeros(xp.shape)  # [N, H+2r, Wpad, C]
-    dy = grad_out.to(p.dtype).reshape(p.n, p.c, p.h, s, p.w * s)
-    passes = -(-W_ // p.B)  # segments this far apart have disjoint windows
-    for y0, y1 in p.ranges():
-        rows = y1 - y0
-        tiles, band = p.tiles(xp, y0, y1), p.band(masks_of_block(y0, y1))
-        dband = torch.empty_like(band)
-        dtiles = tiles.new_zeros(tiles.shape)
-        dyb = tiles.new_zeros(rows, cpg, s, p.B * s)  # a segment's dY, columns past the image 0
-        for i in range(p.n * p.g):
-            ni, gi = divmod(i, p.g)
-            for seg in range(p.nseg):
-                cols, valid = p.columns(seg)
-                dyb[..., :valid] = dy[ni, gi * cpg:(gi + 1) * cpg, y0:y1, :, cols].transpose(0, 1)
-                dY = dyb.view(rows, cpg, s * p.B * s)
-                torch.bmm(p.windows(tiles, i, seg), dY, out=dband[ni, gi, seg])
-                grad_win = dtiles[ni, gi, seg]
-                for ky in range(k):
-                    grad_win[ky:ky + rows].baddbmm_(band[ni, gi, seg, :, ky * W_:(ky + 1) * W_], dY.transpose(1, 2))
-        masks_grad_of_block(y0, y1, p.unband(dband))
-        target = dxp[:, y0:y1 + 2 * r].unflatten(3, (p.g, cpg)).unfold(2, W_, p.B)  # [N, rows+2r, nseg, G, cpg, W_]
-        source = dtiles.permute(0, 3, 2, 1, 5, 4)
-        for first in range(passes):
-            target[:, :, first::passes].add_(source[:, :, first::passes])
-    grad = dxp[:, r:r + p.h, r:r + p.w].permute(0, 3, 1, 2)
-    return grad.to(features.dtype).contiguous()
+    """The features' gradient; image i's kernel gradient of source rows y0 .. y1 goes to
+    kernels_grad_of_block(i, y0, y1, [(y1-y0)*s, W*s, G, k*k])."""
+    p = _Plan(features, kernel_size, group_size, scale_factor, BACKWARD_BLOCKS * BLOCK_BYTES)
+    s, r, wo, g, kk = p.s, p.r, p.wo, p.g, p.kk
+    table = p.table(features)
+    grad = _empty(features, features.shape, p.dtype)
+    grad_rows, dy = grad.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)
+    row_size = s * wo * g  # buffer rows of one source row
+    dy_buffer = table.new_zeros((p.rows + 2 * r) * row_size + 1, p.cpg)
+    kernel_buffer = table.new_zeros(dy_buffer.shape[0], kk)
+    rows_of_q, kernel_of_q = p.gradient_bags()
+    bags = torch.arange(p.rows * row_size, device=table.device)
+    bag_of_tap = bags.repeat_interleave(kk)
+    halo = 2 * r * row_size
+    for i, y0, y1 in p.blocks():
+        # The buffers hold source rows y0 - r .. y1 + r (zeros outside the image): those whose
+        # outputs read rows y0 .. y1. The previous block's last 2r rows are this block's first.
+        if y0 == 0:
+            a = 0
+            dy_buffer[:r * row_size].zero_()
+            kernel_buffer[:r * row_size].zero_()
+        else:
+            a = y0 + r
+            for buffer in (dy_buffer, kernel_buffer):
+                buffer[:halo] = buffer[p.rows * row_size:p.rows * row_size + halo].clone()
+        b = max(a, min(p.h, y1 + r))
+        lo, hi = (a - y0 + r) * row_size, (b - y0 + r) * row_size
+        dy_buffer[hi:].zero_()
+        kernel_buffer[hi:].zero_()
+        if b > a:
+            dy_buffer[lo:hi].view(-1, wo, p.c).copy_(dy[i, a * s:b * s])
+            kernel_buffer[lo:hi].view(-1, wo, g, kk).copy_(kernels_of_block(i, a, b))
+        index, n_bags = p.index(i, y0, y1).view(-1), (y1 - y0) * row_size
+        grad_kernels = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            dy_buffer[r * row_size:r * row_size + n_bags], table, index, bags[:n_bags] * kk, bag_of_tap[:index.numel()],
+            0, -1)  # 0: mode "sum"
+        kernels_grad_of_block(i, y0, y1, grad_kernels.view(-1, wo, g, kk))
+        n_q = (y1 - y0) * p.w * g
+        grad_q = F.embedding_bag(rows_of_q[:n_q], dy_buffer, mode="sum",
+                                 per_sample_weights=kernel_buffer.view(-1)[kernel_of_q[:n_q]])
+        grad_rows[i, y0:y1].copy_(grad_q.view(-1, p.w, p.c))
+    return grad.to(features.dtype)
+
+
+def _carafe_kernels(masks, kernel_size, group_size, scale_factor):
+    """kernels_of_block for CARAFE's masks [N, G*k*k, H*s, W*s]."""
+    s = scale_factor
+    m = masks.unflatten(1, (group_size, kernel_size**2))
+    return lambda i, y0, y1: m[i, :, :, y0 * s:y1 * s].permute(2, 3, 0, 1)
 
 
 def carafe(features, masks, kernel_size, group_size, scale_factor):
-    if not _finite(features) or features.numel() == 0:
+    if features.numel() == 0:
         return reference.carafe(features, masks, kernel_size, group_size, scale_factor)
-    s = scale_factor
-    return _reassemble(features, lambda y0, y1: masks[:, :, y0 * s:y1 * s], kernel_size, group_size, s)
+    return _reassemble(features, _carafe_kernels(masks, kernel_size, group_size, scale_factor), kernel_size,
+                       group_size, scale_factor)
 
 
 def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_factor):
-    if not _finite(features, grad_out) or features.numel() == 0:
+    if features.numel() == 0:
         return reference.carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_factor)
-    s = scale_factor
+    k, g, s = kernel_size, group_size, scale_factor
     grad_masks = new_output(masks, masks.shape, memory_format=torch.contiguous_format)
+    grad_blocks = grad_masks.unflatten(1, (g, k * k))
 
-    def store(y0, y1, d):
-        grad_masks[:, :, y0 * s:y1 * s] = d
+    def store(i, y0, y1, d):
+        grad_blocks[i, :, :, y0 * s:y1 * s] = d.permute(2, 3, 0, 1)
 
-    grad_features = _reassemble_backward(grad_out, features, lambda y0, y1: masks[:, :, y0 * s:y1 * s], store,
-                                         kernel_size, group_size, s)
+    grad_features = _reassemble_backward(grad_out, features, _carafe_kernels(masks, k, g, s), store, k, g, s)
     return grad_features, grad_masks
 
 
 def _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    """DLU's kernel space and sampling grid (the reference's functions), and block(y0, y1): the
-    kernels sampled for source rows y0 .. y1 as masks [N, G*k*k, rows*s, W*s], with the
-    reference's NaN points and safe grid for the backward."""
-    n, _, h, w = features.shape
-    k, g, s = kernel_size, group_size, scale_factor
-    space = reference._kernel_space(kernel_logits, k, g)
-    grid = reference._sampling_grid(offsets, g, s, h, w)
+    """DLU's kernel space [N*G, k*k, H, W], its sampling grid's NaN points and safe grid
+    [N*G, H*s, W*s, 2] (the reference's functions), and kernels_of_block: image i's kernels
+    sampled for source rows y0 .. y1 (the reference's _sample, its NaN masking skipped when
+    the grid has no NaN)."""
+    _, _, h, w = features.shape
+    g, s = group_size, scale_factor
+    space = reference._kernel_space(kernel_logits, kernel_size, g)
+    nan, safe = reference._safe(reference._sampling_grid(offsets, g, s, h, w))
+    any_nan = bool(nan.any())
 
-    def block(y0, y1):
-        masks, nan, safe = reference._sample(space, grid[:, y0 * s:y1 * s])
-        return masks.reshape(n, g * k * k, (y1 - y0) * s, w * s), nan, safe
+    def block(i, y0, y1):
+        images, rows = slice(i * g, (i + 1) * g), slice(y0 * s, y1 * s)
+        masks = reference._grid_sample(space[images], safe[images, rows])
+        if any_nan:
+            masks = masks.masked_fill(nan[images, None, rows], float("nan"))
+        return masks.permute(2, 3, 0, 1)
 
-    return space, grid, block
+    return space, nan, safe, block
 
 
 def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    if not _finite(features) or features.numel() == 0:
+    if features.numel() == 0:
         return reference.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    _, _, block = _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
-    return _reassemble(features, lambda y0, y1: block(y0, y1)[0], kernel_size, group_size, scale_factor)
+    *_, block = _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    return _reassemble(features, block, kernel_size, group_size, scale_factor)
 
 
 def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    if not _finite(features, grad_out) or features.numel() == 0:
+    if features.numel() == 0:
         return reference.dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size,
                                                scale_factor)
     k, g, s = kernel_size, group_size, scale_factor
-    space, grid, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
+    space, nan, safe, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
     grad_space = torch.zeros_like(space)
-    grad_grid = new_output(grid, grid.shape, memory_format=torch.contiguous_format)
-    sampled = {}  # each block's NaN points and safe grid, from its masks to its masks' gradient
+    grad_grid = new_output(safe, safe.shape, memory_format=torch.contiguous_format)
 
-    def masks(y0, y1):
-        m, *sampled[y0] = block(y0, y1)
-        return m
+    def store(i, y0, y1, d):
+        images, rows = slice(i * g, (i + 1) * g), slice(y0 * s, y1 * s)
+        gs, gg = reference._masks_backward(d.permute(2, 3, 0, 1).to(space.dtype), space[images], nan[images, rows],
+                                           safe[images, rows])
+        grad_space[images] += gs
+        grad_grid[images, rows] = gg
 
-    def store(y0, y1, d):
-        nan, safe = sampled.pop(y0)
-        gs, gg = reference._masks_backward(d.reshape(space.shape[0], k * k, *nan.shape[1:]).to(space.dtype),
-                                           space, nan, safe)
-        grad_space.add_(gs)
-        grad_grid[:, y0 * s:y1 * s] = gg
-
-    grad_features = _reassemble_backward(grad_out, features, masks, store, k, g, s)
+    grad_features = _reassemble_backward(grad_out, features, block, store, k, g, s)
     grad_logits, grad_offsets = reference._logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s)
     return grad_features, grad_logits, grad_offsets

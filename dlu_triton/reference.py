@@ -43,12 +43,20 @@ def _kernel_space(kernel_logits, kernel_size, group_size):
     return F.softmax(kernel_logits.reshape(n * group_size, kernel_size**2, h, w), dim=1)
 
 
+def _safe(grid):
+    """The grid's NaN points, and the grid with them moved to a harmless position."""
+    nan = grid.isnan().any(-1)
+    return nan, grid.masked_fill(nan[..., None], 0.0)
+
+
 def _sample(space, grid):
     """grid_sample of the kernel space, NaN where the grid is; also the NaN points and the safe grid."""
-    nan = grid.isnan().any(-1)
-    safe = grid.masked_fill(nan[..., None], 0.0)
-    masks = F.grid_sample(space, safe, mode="bilinear", padding_mode="border", align_corners=True)
-    return masks.masked_fill(nan[:, None], float("nan")), nan, safe
+    nan, safe = _safe(grid)
+    return _grid_sample(space, safe).masked_fill(nan[:, None], float("nan")), nan, safe
+
+
+def _grid_sample(space, grid):
+    return F.grid_sample(space, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def dlu_masks(kernel_logits, offsets, kernel_size, group_size, scale_factor):

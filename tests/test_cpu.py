@@ -1,4 +1,4 @@
-"""The CPU path (dlu_triton/cpu.py) directly: blocks of rows, partial segments, every dtype, and
+"""The CPU path (dlu_triton/cpu.py) directly: blocks of rows, every dtype, non-finite values, and
 which calls it hands to the reference. The ops' tests (test_ops.py and others, `path` "cpu") run
 it through dispatch on the suite's shapes, layouts, empty batches, gradcheck and opcheck."""
 import pytest
@@ -9,15 +9,16 @@ from dlu_triton import cpu, reference
 from .inputs import carafe_inputs, dlu_inputs
 from .tolerance import assert_close
 
-# (N, C, H, W, k, G, s): widths that are not a whole number of 8-pixel segments (7, 13, 21) or
-# narrower than one (3), W = 1, every k, G and s = 1 .. 16.
+# (N, C, H, W, k, G, s): odd and prime sizes, W = 1, images narrower than the kernel, every k,
+# G and s = 1 .. 16.
 SHAPES = [(2, 8, 5, 13, 3, 2, 2), (1, 4, 7, 21, 5, 1, 3), (1, 6, 3, 3, 7, 3, 2), (1, 4, 4, 1, 1, 4, 4),
           (2, 5, 6, 8, 5, 1, 1), (1, 8, 3, 7, 3, 2, 8), (1, 4, 2, 2, 3, 1, 16)]
 
 
 @pytest.fixture(params=[1 << 30, 1], ids=["one-block", "row-blocks"])
 def blocks(request, monkeypatch):
-    """All rows in one block, or one source row a block (halos shared between blocks)."""
+    """All rows in one block, or one source row a block (the backward's halo rows handed on
+    from block to block)."""
     monkeypatch.setattr(cpu, "BLOCK_BYTES", request.param)
 
 
@@ -77,16 +78,20 @@ def test_finite_calls_do_not_take_the_reference(monkeypatch):
     cpu.carafe_backward(dy, features, masks, k, g, s)
 
 
-@pytest.mark.parametrize("where", ["features", "grad"])
+@pytest.mark.parametrize("where", ["features", "grad", "masks"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_nonfinite_calls_take_the_reference(where, value):
-    """A non-finite feature or output gradient would cross the band's zeros: the reference runs,
-    so its NaN and Inf come out exactly where the reference puts them."""
+def test_nonfinite_values_come_out_where_the_reference_puts_them(where, value, monkeypatch):
+    """The CPU path multiplies what the reference multiplies (padding rows are unfold's zeros),
+    so a non-finite feature, output gradient or mask gives NaN and Inf where the reference
+    does, without handing the call to it."""
     n, c, h, w, k, g, s = SHAPES[1]
     features, masks = carafe_inputs(n, c, h, w, k, g, s)
     dy = grads(n, c, h, w, s)
-    (features if where == "features" else dy)[0, 1, 2, 3] = value
-    got = (cpu.carafe(features, masks, k, g, s), *cpu.carafe_backward(dy, features, masks, k, g, s))
+    {"features": features, "grad": dy, "masks": masks}[where][0, 1, 2, 0] = value
     want = (reference.carafe(features, masks, k, g, s), *reference.carafe_backward(dy, features, masks, k, g, s))
+    for name in ("carafe", "carafe_backward"):
+        monkeypatch.setattr(reference, name, lambda *args: pytest.fail("the reference ran"))
+    got = (cpu.carafe(features, masks, k, g, s), *cpu.carafe_backward(dy, features, masks, k, g, s))
+    assert not want[0 if where != "grad" else 1].isfinite().all()
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, equal_nan=True)
