@@ -81,8 +81,11 @@ def cases(shape, folder):
     the floor ('op': the op's FLOPs, 'op3': forward+backward, 'module': the module's)."""
     n, c, h, w, k, g, s = shape
     x, logits, offsets, masks, dy = inputs(shape)
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # its output is channels_last: no transposing copy
     rows = {
         "dlu_upsample fwd, CPU path": (lambda: lambda: cpu.dlu_upsample(x, logits, offsets, k, g, s), "op"),
+        "dlu_upsample fwd, CPU path, channels_last": (lambda: lambda: cpu.dlu_upsample(
+            x_cl, logits, offsets, k, g, s), "op"),
         "dlu_upsample fwd+bwd, CPU path": (lambda: lambda: (
             cpu.dlu_upsample(x, logits, offsets, k, g, s), cpu.dlu_upsample_backward(dy, x, logits, offsets, k, g, s)),
             "op3"),

@@ -24,13 +24,12 @@ Blocks. One image's block of source rows is computed at a time (BLOCK_BYTES of o
 no k*k copy of the features and, for DLU, no full-size mask exists: DLU samples a block's
 kernels from the kernel space (the reference's softmax and grid_sample, so the same numbers)
 and sends the block's kernel gradient through grid_sample's backward. The backward's block
-also holds the dY rows and kernels of the r source rows on either side, which its dX reads.
+also holds the dY rows and kernels of the r source rows on either side, which its dX reads,
+handed on from one block to the next.
 A channels-first output is written block by block through a transposing copy. Half-precision
 inputs are computed in float32 and rounded once at the end.
 """
-import ctypes
 import functools
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -40,29 +39,6 @@ from .kernels.common import accumulator, new_output
 
 BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache's worth)
 BACKWARD_BLOCKS = 8  # a backward block is this many forward blocks: fewer calls, fewer halos
-_MADV_HUGEPAGE = 14  # Linux's madvise advice
-
-
-@functools.cache
-def _madvise():
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return madvise
-
-
-def _empty(like, size, dtype):
-    """new_output, its pages advised huge on Linux (as PyTorch's THP_MEM_ALLOC_ENABLE does for
-    every allocation): the first touch of a fresh 60 MB output otherwise costs more page faults
-    than the reassembly costs arithmetic (17 ms against 4 ms on this project's CPU machine)."""
-    out = new_output(like, size, dtype)
-    madvise = _madvise() if sys.platform == "linux" and out.nbytes >= 4 << 20 else None
-    if madvise is not None:
-        start = -(-out.data_ptr() // 4096) * 4096
-        madvise(start, (out.data_ptr() + out.nbytes) // 4096 * 4096 - start, _MADV_HUGEPAGE)  # a hint: failure is fine
-    return out
 
 
 class _Plan:
@@ -123,7 +99,7 @@ def _reassemble(features, kernels_of_block, kernel_size, group_size, scale_facto
     rows y0 .. y1 as [(y1-y0)*s, W*s, G, k*k]."""
     p = _Plan(features, kernel_size, group_size, scale_factor, BLOCK_BYTES)
     table = p.table(features)
-    out = _empty(features, (p.n, p.c, p.h * p.s, p.wo), p.dtype)
+    out = new_output(features, (p.n, p.c, p.h * p.s, p.wo), p.dtype)
     out_rows = out.permute(0, 2, 3, 1)
     for i, y0, y1 in p.blocks():
         index = p.index(i, y0, y1)
@@ -140,7 +116,7 @@ def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_b
     p = _Plan(features, kernel_size, group_size, scale_factor, BACKWARD_BLOCKS * BLOCK_BYTES)
     s, r, wo, g, kk = p.s, p.r, p.wo, p.g, p.kk
     table = p.table(features)
-    grad = _empty(features, features.shape, p.dtype)
+    grad = new_output(features, features.shape, p.dtype)
     grad_rows, dy = grad.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)
     row_size = s * wo * g  # buffer rows of one source row
     dy_buffer = table.new_zeros((p.rows + 2 * r) * row_size + 1, p.cpg)
