@@ -217,13 +217,17 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
                                                scale_factor)
     k, g, s = kernel_size, group_size, scale_factor
     space, nan, safe, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
+    any_nan = bool(nan.any())
     grad_space = torch.zeros_like(space)
     grad_grid = new_output(safe, safe.shape, memory_format=torch.contiguous_format)
 
     def store(i, y0, y1, d):
         images, rows = slice(i * g, (i + 1) * g), slice(y0 * s, y1 * s)
-        gs, gg = reference._masks_backward(d.permute(2, 3, 0, 1).to(space.dtype), space[images], nan[images, rows],
-                                           safe[images, rows])
+        d = d.permute(2, 3, 0, 1).to(space.dtype)
+        if any_nan:
+            gs, gg = reference._masks_backward(d, space[images], nan[images, rows], safe[images, rows])
+        else:
+            gs, gg = reference._grid_sample_backward(d, space[images], safe[images, rows])
         grad_space[images] += gs
         grad_grid[images, rows] = gg
 

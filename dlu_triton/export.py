@@ -2,22 +2,27 @@
 
 The fused ops are opaque custom ops, which no exporter can translate. `decompositions()` maps each
 to a composition that ONNX expresses with standard operators and that keeps the fused ops'
-memory: no k*k copy of the features (unfold) and, for DLU, no high-resolution mask. Per tap j of
-the k*k, with the output accumulated sub-pixel-major as [N, G, C/G, s*s, H, W] and rearranged by
-one DepthToSpace (pixel_shuffle) at the end:
+memory: no k*k copy of the features (unfold) and, for DLU, no high-resolution mask. The
+reassembly is k matrix products, one per row ky of taps, batched over the low-resolution pixels
+p = (y, x) of each group:
 
-    out[.., t, y, x] += K_j[.., t, y, x] * features_padded[.., y + j // k, x + j % k]
+    out[p, sy] += K_ky[p, sy] [s, k] @ windows_ky[p] [k, C/G],   windows_ky[p][kx] = Xp[y + ky, x + kx],
 
-(each tap's rows of the padded features gathered after the sum so far, so that onnxruntime
-holds one tap's temporaries at a time).
+Xp the zero-padded features, channels last. A row's windows are one Gather of Xp's pixel rows
+(k copies of the features, not k*k), and its product writes the output once, so onnxruntime
+makes k passes over the output instead of the 4*k*k of a product and a sum per tap (measured:
+docs/benchmarks.md, "CPU"). A product's batch is (y, sub-pixel row, x), so its output
+[N, G, H, s, W, s, C/G] needs one Transpose, of the channel axis alone, at the end. Each row's windows are gathered after the sum so far, so that
+onnxruntime holds one row's temporaries at a time.
 
-CARAFE's K_j is its masks' tap-j plane, rearranged by pixel_unshuffle (Reshape, Transpose). DLU's is
-sampled from the low-resolution kernel space: its 4 corners' indices and bilinear weights are
-computed once per output point (Floor, Clip, Gather), then each tap gathers its 4 values from
-that tap's plane of the kernel space, so no more than one tap's kernels (G*s*s*H*W values) exist
-at a time. The numbers are the reference's (same softmax, same clamping to the border, a NaN
-offset gives NaN outputs); the tests compare onnxruntime with the float64 reference. torch.onnx's
-exporter writes opset 18 or newer; H, W and the batch can be dynamic.
+CARAFE's K_ky is its masks' row-ky taps, rearranged once (Reshape, Transpose). DLU's is sampled
+from the low-resolution kernel space: its 4 corners' indices and bilinear weights are computed
+once per output point (Floor, Clip), then each row gathers its k taps at the 4 corners from
+that row's columns of the kernel space (Gather), so no more than one row's kernels
+(G*s*s*H*W*k values) exist at a time. The numbers are the reference's (same softmax, same
+clamping to the border, a NaN offset gives NaN outputs); the tests compare onnxruntime with the
+float64 reference. torch.onnx's exporter writes opset 18 or newer; H, W and the batch can be
+dynamic.
 
     ep = torch.export.export(model, (x,)).run_decompositions(dlu_triton.export.decompositions())
     torch.onnx.export(ep, f="model.onnx", dynamo=True)
@@ -28,34 +33,37 @@ import torch
 import torch.nn.functional as F
 
 
-def _reassemble(features, kernel_of_tap, kernel_size, group_size, scale_factor):
-    """sum over taps of kernel_of_tap(j) [N, G, 1, s*s, H, W] times the tap's shifted features."""
+def _reassemble(features, kernels_of_row, kernel_size, group_size, scale_factor):
+    """The sum over tap rows ky of kernels_of_row(ky) [N, G, H, s, W, s, k] @ the row's windows."""
     n, c, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
     r = k // 2
-    padded = F.pad(features, (r, r, r, r)).reshape(n, g, c // g, 1, h + 2 * r, w + 2 * r)
-    rows = torch.arange(h, device=features.device)
+    wp = w + 2 * r
+    table = F.pad(features, (r, r, r, r)).reshape(n, g, c // g, -1).transpose(2, 3)  # [N, G, Hp*Wp, C/G]
+    ys = torch.arange(h, device=features.device).reshape(h, 1, 1)
+    xs = torch.arange(w, device=features.device).reshape(w, 1)
+    first_pixel = (ys * wp + xs + torch.arange(k, device=features.device)).reshape(-1)  # [H*W*k]: row 0's windows
     out = None
-    for j in range(k * k):
-        kernel, where = kernel_of_tap(j), rows + j // k
+    for ky in range(k):
+        kernels, where = kernels_of_row(ky), first_pixel + ky * wp
         if out is not None:
             # The same values, made to wait for the sum so far: onnxruntime runs ready nodes in
-            # breadth-first order, and would otherwise shift the features for every tap and form
-            # every product before adding any (28x the output's memory at k = 5, measured).
+            # breadth-first order, and would otherwise gather every row's windows and form every
+            # product before adding any (28x the output's memory at k = 5, measured).
             wait = torch.isnan(out.reshape(-1)[:1])
-            kernel, where = torch.where(wait, kernel, kernel), torch.where(wait, where, where)
-        shifted = padded.index_select(4, where)[..., j % k:j % k + w]
-        term = shifted * kernel
+            kernels, where = torch.where(wait, kernels, kernels), torch.where(wait, where, where)
+        windows = table.index_select(2, where).reshape(n, g, h, 1, w, k, c // g)
+        term = torch.matmul(kernels, windows)  # [N, G, H, s, W, s, C/G]
         out = term if out is None else out + term
-    return F.pixel_shuffle(out.reshape(n, c * s * s, h, w), s)
+    return out.permute(0, 1, 6, 2, 3, 4, 5).reshape(n, c, h * s, w * s)
 
 
 def carafe(features, masks, kernel_size, group_size, scale_factor):
-    """CARAFE as per-tap products with the masks' planes (masks [N, G*k*k, s*H, s*W])."""
+    """CARAFE with each tap row's kernels taken from the masks [N, G*k*k, s*H, s*W]."""
     n, _, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
-    planes = F.pixel_unshuffle(masks, s).reshape(n, g, k * k, 1, s * s, h, w)
-    return _reassemble(features, lambda j: planes[:, :, j], k, g, s)
+    rows = masks.reshape(n, g, k, k, h, s, w, s).permute(0, 1, 2, 4, 5, 6, 7, 3)  # [N, G, ky, H, s, W, s, kx]
+    return _reassemble(features, lambda ky: rows[:, :, ky], k, g, s)
 
 
 def _corner(position):
@@ -66,29 +74,29 @@ def _corner(position):
 
 
 def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    """DLU with each tap's kernels gathered from the kernel space at the 4 corners of each output
-    point: the reference's numbers without its high-resolution mask."""
+    """DLU with each tap row's kernels gathered from the kernel space at the 4 corners of each
+    output point: the reference's numbers without its high-resolution mask."""
     n, _, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
-    space = torch.softmax(kernel_logits.reshape(n, g, k * k, h * w), dim=2)
-    off = offsets.reshape(n, g, 2, s * s, h, w)
-    ys = torch.arange(h, dtype=offsets.dtype, device=offsets.device).reshape(h, 1)
-    xs = torch.arange(w, dtype=offsets.dtype, device=offsets.device)
+    space = torch.softmax(kernel_logits.reshape(n, g, k * k, h * w), dim=2).transpose(2, 3).reshape(n * g * h * w, k * k)
+    off = offsets.reshape(n, g, 2, s, s, h, w).permute(0, 1, 2, 5, 3, 6, 4)  # [N, G, 2, H, s, W, s]
+    ys = torch.arange(h, dtype=offsets.dtype, device=offsets.device).reshape(h, 1, 1, 1)
+    xs = torch.arange(w, dtype=offsets.dtype, device=offsets.device).reshape(w, 1)
     # the border clamp of grid_sample(padding_mode="border", align_corners=True); NaN stays NaN
     y0, fy = _corner(torch.clamp(off[:, :, 1] + ys, min=0, max=h - 1))
     x0, fx = _corner(torch.clamp(off[:, :, 0] + xs, min=0, max=w - 1))
     y1 = torch.clamp(y0 + 1, max=h - 1)
     x1 = torch.clamp(x0 + 1, max=w - 1)
-    corners = [((yy * w + xx).long().reshape(n, g, -1), wt)
+    image = (torch.arange(n * g, device=offsets.device) * (h * w)).reshape(n, g, 1, 1, 1, 1)  # space's rows of (n, g)
+    corners = [((image + yy * w + xx).long().reshape(-1), wt.unsqueeze(-1))
                for yy, xx, wt in ((y0, x0, (1 - fy) * (1 - fx)), (y0, x1, (1 - fy) * fx),
                                   (y1, x0, fy * (1 - fx)), (y1, x1, fy * fx))]
 
-    def kernel_of_tap(j):
-        plane = space[:, :, j]  # [N, G, H*W]
-        kj = sum(wt * torch.gather(plane, 2, idx).reshape(wt.shape) for idx, wt in corners)
-        return kj.reshape(n, g, 1, s * s, h, w)
+    def kernels_of_row(ky):
+        taps = space[:, ky * k:(ky + 1) * k]  # [N*G*H*W, k]
+        return sum(wt * taps.index_select(0, idx).reshape(n, g, h, s, w, s, k) for idx, wt in corners)
 
-    return _reassemble(features, kernel_of_tap, k, g, s)
+    return _reassemble(features, kernels_of_row, k, g, s)
 
 
 def decompositions():

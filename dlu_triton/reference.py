@@ -99,10 +99,13 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
 def _masks_backward(grad_masks, space, nan, safe):
     """The sampled masks' gradient ([N*G, k*k, s*H', s*W], H' rows of the output) sent through
     grid_sample: the kernel space's gradient and the grid's (NaN where the grid is)."""
-    grad_space, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-        grad_masks.masked_fill(nan[:, None], 0.0), space, safe, 0, 1, True, [True, True]
-    )  # 0: bilinear, 1: border padding
+    grad_space, grad_grid = _grid_sample_backward(grad_masks.masked_fill(nan[:, None], 0.0), space, safe)
     return grad_space, grad_grid.masked_fill(nan[..., None], float("nan"))
+
+
+def _grid_sample_backward(grad_masks, space, grid):
+    """_grid_sample's gradients for the kernel space and the grid."""
+    return torch.ops.aten.grid_sampler_2d_backward(grad_masks, space, grid, 0, 1, True, [True, True])  # 0: bilinear, 1: border
 
 
 def _logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, group_size, scale_factor):
