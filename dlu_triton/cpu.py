@@ -94,6 +94,16 @@ class _Plan:
         return row.reshape(-1, self.kk * s * s), kernel.reshape(-1, self.kk * s * s)
 
 
+def _copy_to_channels_last(dst, src):
+    """dst.copy_(src) for a channels-last dst and a permuted channels-first src. When a channel's
+    stride is a multiple of 4 KiB, all of a pixel's channels fall in one set of the L1 cache and
+    a whole-pixel copy thrashes it; 8 channels at a time fit its ways (30 MB of output gradient:
+    11 ms -> 5 ms on this project's CPU machine; at other strides the whole copy is faster)."""
+    step = 8 if src.stride(-1) * src.element_size() % 4096 == 0 else src.shape[-1]
+    for c0 in range(0, src.shape[-1], step):
+        dst[..., c0:c0 + step].copy_(src[..., c0:c0 + step])
+
+
 def _reassemble(features, kernels_of_block, kernel_size, group_size, scale_factor):
     """out = CARAFE(features, K), kernels_of_block(i, y0, y1) giving image i's kernels of source
     rows y0 .. y1 as [(y1-y0)*s, W*s, G, k*k]."""
@@ -141,7 +151,7 @@ def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_b
         dy_buffer[hi:].zero_()
         kernel_buffer[hi:].zero_()
         if b > a:
-            dy_buffer[lo:hi].view(-1, wo, p.c).copy_(dy[i, a * s:b * s])
+            _copy_to_channels_last(dy_buffer[lo:hi].view(-1, wo, p.c), dy[i, a * s:b * s])
             kernel_buffer[lo:hi].view(-1, wo, g, kk).copy_(kernels_of_block(i, a, b))
         index, n_bags = p.index(i, y0, y1).view(-1), (y1 - y0) * row_size
         grad_kernels = torch.ops.aten._embedding_bag_per_sample_weights_backward(

@@ -10,9 +10,10 @@ from .inputs import carafe_inputs, dlu_inputs
 from .tolerance import assert_close
 
 # (N, C, H, W, k, G, s): odd and prime sizes, W = 1, images narrower than the kernel, every k,
-# G and s = 1 .. 16.
+# G and s = 1 .. 16, and an output plane of 32 x 32 (a channel stride of 8 KiB in float64: the
+# output gradient is copied 8 channels at a time).
 SHAPES = [(2, 8, 5, 13, 3, 2, 2), (1, 4, 7, 21, 5, 1, 3), (1, 6, 3, 3, 7, 3, 2), (1, 4, 4, 1, 1, 4, 4),
-          (2, 5, 6, 8, 5, 1, 1), (1, 8, 3, 7, 3, 2, 8), (1, 4, 2, 2, 3, 1, 16)]
+          (2, 5, 6, 8, 5, 1, 1), (1, 8, 3, 7, 3, 2, 8), (1, 4, 2, 2, 3, 1, 16), (1, 20, 16, 16, 3, 2, 2)]
 
 
 @pytest.fixture(params=[1 << 30, 1], ids=["one-block", "row-blocks"])
