@@ -68,7 +68,7 @@ class _Plan:
         xp = features.new_empty(self.n, self.hp, self.wp, self.c, dtype=self.dtype)
         for pad in (xp[:, :r], xp[:, r + h:], xp[:, r:r + h, :r], xp[:, r:r + h, r + w:]):
             pad.zero_()
-        xp[:, r:r + h, r:r + w] = features.permute(0, 2, 3, 1)
+        _copy_to_channels_last(xp[:, r:r + h, r:r + w], features.permute(0, 2, 3, 1))
         return xp.view(-1, self.cpg)
 
     def index(self, i, y0, y1):
@@ -95,10 +95,11 @@ class _Plan:
 
 
 def _copy_to_channels_last(dst, src):
-    """dst.copy_(src) for a channels-last dst and a permuted channels-first src. When a channel's
-    stride is a multiple of 4 KiB, all of a pixel's channels fall in one set of the L1 cache and
-    a whole-pixel copy thrashes it; 8 channels at a time fit its ways (30 MB of output gradient:
-    11 ms -> 5 ms on this project's CPU machine; at other strides the whole copy is faster)."""
+    """dst.copy_(src) for a channels-last dst and a permuted channels-first src (the features,
+    the output gradient). When a channel's stride is a multiple of 4 KiB, all of a pixel's
+    channels fall in one set of the L1 cache and a whole-pixel copy thrashes it; 8 channels at a
+    time fit its ways (30 MB of output gradient: 11 ms -> 5 ms on this project's CPU machine; at
+    other strides the whole copy is faster)."""
     step = 8 if src.stride(-1) * src.element_size() % 4096 == 0 else src.shape[-1]
     for c0 in range(0, src.shape[-1], step):
         dst[..., c0:c0 + step].copy_(src[..., c0:c0 + step])
