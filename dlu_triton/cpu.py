@@ -21,13 +21,13 @@ These are the reference's products (unfold's zeros are the table's padding rows)
 another order, so NaN and Inf come out where the reference puts them.
 
 Blocks. One image's block of source rows is computed at a time (BLOCK_BYTES of output), so
-no k*k copy of the features and, for DLU, no full-size mask exists: DLU samples a block's
-kernels from the kernel space (the reference's softmax and grid_sample, so the same numbers)
-and sends the block's kernel gradient through grid_sample's backward. The backward's block
-also holds the dY rows and kernels of the r source rows on either side, which its dX reads,
-handed on from one block to the next.
-A channels-first output is written block by block through a transposing copy. Half-precision
-inputs are computed in float32 and rounded once at the end.
+no k*k copy of the features and, for DLU, no full-size mask exists: DLU samples the kernels of
+CHUNK_BLOCKS blocks at a time from the kernel space (the reference's softmax and grid_sample,
+so the same numbers) and sends a block's kernel gradient through grid_sample's backward. The
+backward's block also holds the dY rows and kernels of the r source rows on either side, which
+its dX reads, handed on from one block to the next. A channels-first output is written block
+by block through a transposing copy. Half-precision inputs are computed in float32 and rounded
+once at the end.
 """
 import functools
 
@@ -38,7 +38,7 @@ from . import reference
 from .kernels.common import accumulator, new_output
 
 BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache's worth)
-BACKWARD_BLOCKS = 8  # a backward block is this many forward blocks: fewer calls, fewer halos
+CHUNK_BLOCKS = 8  # forward blocks in a backward block and in a forward fetch of kernels: fewer, larger calls
 
 
 class _Plan:
@@ -112,9 +112,12 @@ def _reassemble(features, kernels_of_block, kernel_size, group_size, scale_facto
     table = p.table(features)
     out = new_output(features, (p.n, p.c, p.h * p.s, p.wo), p.dtype)
     out_rows = out.permute(0, 2, 3, 1)
+    chunk = CHUNK_BLOCKS * p.rows  # source rows of kernels fetched at a time
     for i, y0, y1 in p.blocks():
+        if y0 % chunk == 0:
+            start, fetched = y0, kernels_of_block(i, y0, min(p.h, y0 + chunk))
         index = p.index(i, y0, y1)
-        kernels = kernels_of_block(i, y0, y1).to(p.dtype).reshape(index.shape)
+        kernels = fetched[(y0 - start) * p.s:(y1 - start) * p.s].to(p.dtype).reshape(index.shape)
         block = F.embedding_bag(index, table, per_sample_weights=kernels, mode="sum")
         out_rows[i, y0 * p.s:y1 * p.s].copy_(block.view(-1, p.wo, p.c))
     return out.to(features.dtype)
@@ -124,7 +127,7 @@ def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_b
                          scale_factor):
     """The features' gradient; image i's kernel gradient of source rows y0 .. y1 goes to
     kernels_grad_of_block(i, y0, y1, [(y1-y0)*s, W*s, G, k*k])."""
-    p = _Plan(features, kernel_size, group_size, scale_factor, BACKWARD_BLOCKS * BLOCK_BYTES)
+    p = _Plan(features, kernel_size, group_size, scale_factor, CHUNK_BLOCKS * BLOCK_BYTES)
     s, r, wo, g, kk = p.s, p.r, p.wo, p.g, p.kk
     table = p.table(features)
     grad = new_output(features, features.shape, p.dtype)
