@@ -41,6 +41,39 @@ BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache'
 CHUNK_BLOCKS = 8  # forward blocks in a backward block and in a forward fetch of kernels: fewer, larger calls
 
 
+@functools.lru_cache(maxsize=4)
+def _forward_bags(k, g, s, w, rows, device):
+    """The bags of image 0's first block of `rows` source rows: [rows*s, W*s, G, k*k] rows of the
+    padded table. Cached: a training loop asks for the same few geometries again and again."""
+    ar = functools.partial(torch.arange, device=device)
+    wp = w + 2 * (k // 2)
+    tap = (ar(k)[:, None] * wp + ar(k)) * g  # a tap's row offset in the table
+    oy, ox = ar(rows * s) // s, ar(w * s) // s
+    pixel = (oy[:, None] * wp + ox) * g
+    return pixel[:, :, None, None] + ar(g)[:, None] + tap.view(-1)
+
+
+@functools.lru_cache(maxsize=4)
+def _gradient_bags(k, g, s, w, rows, device):
+    """dX's bags for a block of `rows` source rows: the rows of the block's dY buffer (source rows
+    y0 - r .. y0 + rows + r, channels last, then one zero row) that each (q, g) sums, and the
+    same rows' k*k-wide kernel entries: ([rows*W*G, k*k*s*s] rows, [same] kernel entries).
+    Cached like _forward_bags."""
+    r, wo, kk = k // 2, w * s, k * k
+    ar = functools.partial(torch.arange, device=device)
+    q, t, sub = ar(rows), ar(k), ar(s)
+    # dims (qy, qx, g, ky, kx, sy, sx); p's source row in the buffer is qy + 2r - ky
+    py = ((q[:, None] + 2 * r - t) * s)[:, None, None, :, None, None, None] + sub[:, None]
+    src_x = ar(w)[:, None] + r - t  # [qx, kx]
+    px = (src_x * s)[None, :, None, None, :, None, None] + sub
+    inside = ((src_x >= 0) & (src_x < w))[None, :, None, None, :, None, None]
+    row = (py * wo + px) * g + ar(g)[:, None, None, None, None]
+    zero = (rows + 2 * r) * s * wo * g  # the buffer's zero row
+    row = torch.where(inside, row, zero).expand(rows, w, g, k, k, s, s)
+    kernel = row * kk + (t[:, None] * k + t)[:, :, None, None]
+    return row.reshape(-1, kk * s * s), kernel.reshape(-1, kk * s * s)
+
+
 class _Plan:
     """One call's geometry: the padded table's row numbers, and blocks of `rows` source rows."""
 
@@ -52,12 +85,8 @@ class _Plan:
         self.dtype = accumulator(features)
         row_bytes = s * self.wo * self.c * torch.finfo(self.dtype).bits // 8
         self.rows = max(1, min(self.h, block_bytes // max(row_bytes, 1)))
-        ar = functools.partial(torch.arange, device=features.device)
-        tap = (ar(k)[:, None] * self.wp + ar(k)) * g  # a tap's row offset in the table
-        oy, ox = ar(self.rows * s) // s, ar(self.wo) // s
-        pixel = (oy[:, None] * self.wp + ox) * g
-        # the bags of image 0's first block: [rows*s, Wo, G, k*k] table rows
-        self._index = (pixel[:, :, None, None] + ar(g)[:, None] + tap.view(-1))
+        self.device = features.device
+        self._index = _forward_bags(k, g, s, self.w, self.rows, self.device)
 
     def blocks(self):
         return [(i, y0, min(self.h, y0 + self.rows)) for i in range(self.n) for y0 in range(0, self.h, self.rows)]
@@ -76,22 +105,7 @@ class _Plan:
         return (self._index[:(y1 - y0) * self.s] + (i * self.hp + y0) * self.wp * self.g).view(-1, self.kk)
 
     def gradient_bags(self):
-        """dX's bags for a block's source rows: the rows of the block's dY buffer (source rows
-        y0 - r .. y0 + rows + r, channels last, then one zero row) that each (q, g) sums, and the
-        same rows' k*k-wide kernel entries: ([rows*W*G, k*k*s*s] rows, [same] kernel entries)."""
-        k, g, s, r, w, wo = self.k, self.g, self.s, self.r, self.w, self.wo
-        ar = functools.partial(torch.arange, device=self._index.device)
-        q, t, sub = ar(self.rows), ar(k), ar(s)
-        # dims (qy, qx, g, ky, kx, sy, sx); p's source row in the buffer is qy + 2r - ky
-        py = ((q[:, None] + 2 * r - t) * s)[:, None, None, :, None, None, None] + sub[:, None]
-        src_x = ar(w)[:, None] + r - t  # [qx, kx]
-        px = (src_x * s)[None, :, None, None, :, None, None] + sub
-        inside = ((src_x >= 0) & (src_x < w))[None, :, None, None, :, None, None]
-        row = (py * wo + px) * g + ar(g)[:, None, None, None, None]
-        zero = (self.rows + 2 * r) * s * wo * g  # the buffer's zero row
-        row = torch.where(inside, row, zero).expand(self.rows, w, g, k, k, s, s)
-        kernel = row * self.kk + (t[:, None] * k + t)[:, :, None, None]
-        return row.reshape(-1, self.kk * s * s), kernel.reshape(-1, self.kk * s * s)
+        return _gradient_bags(self.k, self.g, self.s, self.w, self.rows, self.device)
 
 
 def _copy_to_channels_last(dst, src):
@@ -133,8 +147,9 @@ def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_b
     grad = new_output(features, features.shape, p.dtype)
     grad_rows, dy = grad.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)
     row_size = s * wo * g  # buffer rows of one source row
-    dy_buffer = table.new_zeros((p.rows + 2 * r) * row_size + 1, p.cpg)
-    kernel_buffer = table.new_zeros(dy_buffer.shape[0], kk)
+    # every row is written (or zeroed) below before it is read
+    dy_buffer = table.new_empty((p.rows + 2 * r) * row_size + 1, p.cpg)
+    kernel_buffer = table.new_empty(dy_buffer.shape[0], kk)
     rows_of_q, kernel_of_q = p.gradient_bags()
     bags = torch.arange(p.rows * row_size, device=table.device)
     bag_of_tap = bags.repeat_interleave(kk)
