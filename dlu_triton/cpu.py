@@ -178,8 +178,8 @@ def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_b
             0, -1)  # 0: mode "sum"
         kernels_grad_of_block(i, y0, y1, grad_kernels.view(-1, wo, g, kk))
         n_q = (y1 - y0) * p.w * g
-        grad_q = F.embedding_bag(rows_of_q[:n_q], dy_buffer, mode="sum",
-                                 per_sample_weights=kernel_buffer.view(-1)[kernel_of_q[:n_q]])
+        weights = kernel_buffer.view(-1).index_select(0, kernel_of_q[:n_q].view(-1)).view(n_q, -1)
+        grad_q = F.embedding_bag(rows_of_q[:n_q], dy_buffer, mode="sum", per_sample_weights=weights)
         grad_rows[i, y0:y1].copy_(grad_q.view(-1, p.w, p.c))
     return grad.to(features.dtype)
 
