@@ -124,7 +124,7 @@ def compare(args):
         print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
     else:
         path = ("Triton's interpreter (TRITON_INTERPRET=1), which is slow" if os.environ.get("TRITON_INTERPRET") == "1"
-                else "the CPU path (dlu_triton.cpu: blocked matrix products), not the Triton kernels")
+                else "the CPU path (dlu_triton.cpu: blocked weighted gathers), not the Triton kernels")
         print(f"dlu-triton compare on CPU ({info['cpu']}, {torch.get_num_threads()} threads): NO GPU, so this times "
               f"{path}; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
         bandwidth = None

@@ -12,8 +12,9 @@ Xp the zero-padded features, channels last. A row's windows are one Gather of Xp
 (k copies of the features, not k*k), and its product writes the output once, so onnxruntime
 makes k passes over the output instead of the 4*k*k of a product and a sum per tap (measured:
 docs/benchmarks.md, "CPU"). A product's batch is (y, sub-pixel row, x), so its output
-[N, G, H, s, W, s, C/G] needs one Transpose, of the channel axis alone, at the end. Each row's windows are gathered after the sum so far, so that
-onnxruntime holds one row's temporaries at a time.
+[N, G, H, s, W, s, C/G] needs one Transpose, of the channel axis alone, at the end. Each row's
+windows are gathered after the sum so far, so that onnxruntime holds one row's temporaries at
+a time.
 
 CARAFE's K_ky is its masks' row-ky taps, rearranged once (Reshape, Transpose). DLU's is sampled
 from the low-resolution kernel space: its 4 corners' indices and bilinear weights are computed
