@@ -213,20 +213,20 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
 
 
 def _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    """DLU's kernel space [N*G, k*k, H, W], its sampling grid's NaN points and safe grid
-    [N*G, H*s, W*s, 2] (the reference's functions), and kernels_of_block: image i's kernels
-    sampled for source rows y0 .. y1 (the reference's _sample, its NaN masking skipped when
-    the grid has no NaN)."""
+    """DLU's kernel space [N*G, k*k, H, W], its sampling grid's NaN points (None when it has
+    none) and safe grid [N*G, H*s, W*s, 2] (the reference's functions), and kernels_of_block:
+    image i's kernels sampled for source rows y0 .. y1 (the reference's _sample, its NaN
+    masking skipped when there is none)."""
     _, _, h, w = features.shape
     g, s = group_size, scale_factor
     space = reference._kernel_space(kernel_logits, kernel_size, g)
     nan, safe = reference._safe(reference._sampling_grid(offsets, g, s, h, w))
-    any_nan = bool(nan.any())
+    nan = nan if bool(nan.any()) else None
 
     def block(i, y0, y1):
         images, rows = slice(i * g, (i + 1) * g), slice(y0 * s, y1 * s)
         masks = reference._grid_sample(space[images], safe[images, rows])
-        if any_nan:
+        if nan is not None:
             masks = masks.masked_fill(nan[images, None, rows], float("nan"))
         return masks.permute(2, 3, 0, 1)
 
@@ -246,14 +246,13 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
                                                scale_factor)
     k, g, s = kernel_size, group_size, scale_factor
     space, nan, safe, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
-    any_nan = bool(nan.any())
     grad_space = torch.zeros_like(space)
     grad_grid = new_output(safe, safe.shape, memory_format=torch.contiguous_format)
 
     def store(i, y0, y1, d):
         images, rows = slice(i * g, (i + 1) * g), slice(y0 * s, y1 * s)
         d = d.permute(2, 3, 0, 1).to(space.dtype)
-        if any_nan:
+        if nan is not None:
             gs, gg = reference._masks_backward(d, space[images], nan[images, rows], safe[images, rows])
         else:
             gs, gg = reference._grid_sample_backward(d, space[images], safe[images, rows])
