@@ -55,10 +55,11 @@ def _forward_bags(k, g, s, w, rows, device):
 
 @functools.lru_cache(maxsize=4)
 def _gradient_bags(k, g, s, w, rows, device):
-    """dX's bags for a block of `rows` source rows: the rows of the block's dY buffer (source rows
-    y0 - r .. y0 + rows + r, channels last, then one zero row) that each (q, g) sums, and the
-    same rows' k*k-wide kernel entries: ([rows*W*G, k*k*s*s] rows, [same] kernel entries).
-    Cached like _forward_bags."""
+    """The backward's bags for a block of `rows` source rows. dX's: the rows of the block's dY
+    buffer (source rows y0 - r .. y0 + rows + r, channels last, then one zero row) that each
+    (q, g) sums, and the same rows' k*k-wide kernel entries ([rows*W*G, k*k*s*s] each); dK's:
+    each output bag's first tap and each tap's bag ([rows*s*W*s*G], [that * k*k]), as
+    embedding_bag's per-sample-weights gradient takes them. Cached like _forward_bags."""
     r, wo, kk = k // 2, w * s, k * k
     ar = functools.partial(torch.arange, device=device)
     q, t, sub = ar(rows), ar(k), ar(s)
@@ -71,7 +72,8 @@ def _gradient_bags(k, g, s, w, rows, device):
     zero = (rows + 2 * r) * s * wo * g  # the buffer's zero row
     row = torch.where(inside, row, zero).expand(rows, w, g, k, k, s, s)
     kernel = row * kk + (t[:, None] * k + t)[:, :, None, None]
-    return row.reshape(-1, kk * s * s), kernel.reshape(-1, kk * s * s)
+    bags = ar(rows * s * wo * g)
+    return row.reshape(-1, kk * s * s), kernel.reshape(-1, kk * s * s), bags * kk, bags.repeat_interleave(kk)
 
 
 class _Plan:
@@ -85,8 +87,7 @@ class _Plan:
         self.dtype = accumulator(features)
         row_bytes = s * self.wo * self.c * torch.finfo(self.dtype).bits // 8
         self.rows = max(1, min(self.h, block_bytes // max(row_bytes, 1)))
-        self.device = features.device
-        self._index = _forward_bags(k, g, s, self.w, self.rows, self.device)
+        self._index = _forward_bags(k, g, s, self.w, self.rows, features.device)
 
     def blocks(self):
         return [(i, y0, min(self.h, y0 + self.rows)) for i in range(self.n) for y0 in range(0, self.h, self.rows)]
@@ -103,9 +104,6 @@ class _Plan:
     def index(self, i, y0, y1):
         """The bags of image i's source rows y0 .. y1: [(y1-y0)*s*Wo*G, k*k] table rows."""
         return (self._index[:(y1 - y0) * self.s] + (i * self.hp + y0) * self.wp * self.g).view(-1, self.kk)
-
-    def gradient_bags(self):
-        return _gradient_bags(self.k, self.g, self.s, self.w, self.rows, self.device)
 
 
 def _copy_to_channels_last(dst, src):
@@ -150,9 +148,7 @@ def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_b
     # every row is written (or zeroed) below before it is read
     dy_buffer = table.new_empty((p.rows + 2 * r) * row_size + 1, p.cpg)
     kernel_buffer = table.new_empty(dy_buffer.shape[0], kk)
-    rows_of_q, kernel_of_q = p.gradient_bags()
-    bags = torch.arange(p.rows * row_size, device=table.device)
-    bag_of_tap = bags.repeat_interleave(kk)
+    rows_of_q, kernel_of_q, first_tap, bag_of_tap = _gradient_bags(p.k, g, s, p.w, p.rows, table.device)
     halo = 2 * r * row_size
     for i, y0, y1 in p.blocks():
         # The buffers hold source rows y0 - r .. y1 + r (zeros outside the image): those whose
@@ -174,7 +170,7 @@ def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_b
             kernel_buffer[lo:hi].view(-1, wo, g, kk).copy_(kernels_of_block(i, a, b))
         index, n_bags = p.index(i, y0, y1).view(-1), (y1 - y0) * row_size
         grad_kernels = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            dy_buffer[r * row_size:r * row_size + n_bags], table, index, bags[:n_bags] * kk, bag_of_tap[:index.numel()],
+            dy_buffer[r * row_size:r * row_size + n_bags], table, index, first_tap[:n_bags], bag_of_tap[:index.numel()],
             0, -1)  # 0: mode "sum"
         kernels_grad_of_block(i, y0, y1, grad_kernels.view(-1, wo, g, kk))
         n_q = (y1 - y0) * p.w * g
