@@ -63,12 +63,14 @@ def test_dtypes(dtype):
     assert_close("dlu", out, exact, lowp)
 
 
-def test_finite_calls_do_not_take_the_reference(monkeypatch):
-    def refuse(*args):
-        raise AssertionError("the reference ran")
-
+@pytest.fixture
+def refuse_reference(monkeypatch):
+    """Calls made after this fixture fail if they hand the op to the reference."""
     for name in ("carafe", "carafe_backward", "dlu_upsample", "dlu_upsample_backward"):
-        monkeypatch.setattr(reference, name, refuse)
+        monkeypatch.setattr(reference, name, lambda *args: pytest.fail("the reference ran"))
+
+
+def test_finite_calls_do_not_take_the_reference(refuse_reference):
     n, c, h, w, k, g, s = SHAPES[0]
     inputs = dlu_inputs(n, c, h, w, k, g, s)
     features, masks = carafe_inputs(n, c, h, w, k, g, s)
@@ -81,7 +83,7 @@ def test_finite_calls_do_not_take_the_reference(monkeypatch):
 
 @pytest.mark.parametrize("where", ["features", "grad", "masks"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_nonfinite_values_come_out_where_the_reference_puts_them(where, value, monkeypatch):
+def test_nonfinite_values_come_out_where_the_reference_puts_them(where, value, request):
     """The CPU path multiplies what the reference multiplies (padding rows are unfold's zeros),
     so a non-finite feature, output gradient or mask gives NaN and Inf where the reference
     does, without handing the call to it."""
@@ -90,8 +92,7 @@ def test_nonfinite_values_come_out_where_the_reference_puts_them(where, value, m
     dy = grads(n, c, h, w, s)
     {"features": features, "grad": dy, "masks": masks}[where][0, 1, 2, 0] = value
     want = (reference.carafe(features, masks, k, g, s), *reference.carafe_backward(dy, features, masks, k, g, s))
-    for name in ("carafe", "carafe_backward"):
-        monkeypatch.setattr(reference, name, lambda *args: pytest.fail("the reference ran"))
+    request.getfixturevalue("refuse_reference")
     got = (cpu.carafe(features, masks, k, g, s), *cpu.carafe_backward(dy, features, masks, k, g, s))
     assert not want[0 if where != "grad" else 1].isfinite().all()
     for a, b in zip(got, want):
