@@ -34,7 +34,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import cpu_native, reference
 from .kernels.common import accumulator, new_output
 
 BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache's worth)
@@ -135,6 +135,19 @@ def _reassemble(features, kernels_of_block, kernel_size, group_size, scale_facto
     return out.to(features.dtype)
 
 
+def _native(features, kernels, offsets, kernel_size, scale_factor):
+    """The forward through cpu_native, written in the output's layout: kernels [N, G, k*k, ...]
+    and offsets as cpu_native.reassemble takes them per image."""
+    n, c, h, w = features.shape
+    s, dtype = scale_factor, accumulator(features)
+    x, kernels = features.to(dtype), kernels.to(dtype)
+    offsets = offsets.to(dtype) if offsets is not None else None
+    out = new_output(features, (n, c, h * s, w * s), dtype)
+    for i in range(n):
+        cpu_native.reassemble(x[i], kernels[i], offsets[i] if offsets is not None else None, out[i], kernel_size, s)
+    return out.to(features.dtype)
+
+
 def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_block, kernel_size, group_size,
                          scale_factor):
     """The features' gradient; image i's kernel gradient of source rows y0 .. y1 goes to
@@ -190,6 +203,8 @@ def _carafe_kernels(masks, kernel_size, group_size, scale_factor):
 def carafe(features, masks, kernel_size, group_size, scale_factor):
     if features.numel() == 0:
         return reference.carafe(features, masks, kernel_size, group_size, scale_factor)
+    if cpu_native.available(accumulator(features)):
+        return _native(features, masks.unflatten(1, (group_size, kernel_size**2)), None, kernel_size, scale_factor)
     return _reassemble(features, _carafe_kernels(masks, kernel_size, group_size, scale_factor), kernel_size,
                        group_size, scale_factor)
 
@@ -232,6 +247,9 @@ def _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, sca
 def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
     if features.numel() == 0:
         return reference.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
+    if cpu_native.available(accumulator(features)):
+        space = reference._kernel_space(kernel_logits, kernel_size, group_size)
+        return _native(features, space.unflatten(0, (-1, group_size)), offsets, kernel_size, scale_factor)
     *_, block = _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
     return _reassemble(features, block, kernel_size, group_size, scale_factor)
 

@@ -1,10 +1,12 @@
-"""The CPU path (dlu_triton/cpu.py) directly: blocks of rows, every dtype, non-finite values, and
-which calls it hands to the reference. The ops' tests (test_ops.py and others, `path` "cpu") run
-it through dispatch on the suite's shapes, layouts, empty batches, gradcheck and opcheck."""
+"""The CPU path (dlu_triton/cpu.py) directly, both its forwards (the compiled kernel of
+cpu_native and the gathers it falls back to): blocks of rows, threads, every dtype, non-finite
+values, and which calls it hands to the reference. The ops' tests (test_ops.py and others, `path`
+"cpu") run it through dispatch on the suite's shapes, layouts, empty batches, gradcheck and
+opcheck."""
 import pytest
 import torch
 
-from dlu_triton import cpu, reference
+from dlu_triton import cpu, cpu_native, reference
 
 from .inputs import carafe_inputs, dlu_inputs
 from .tolerance import assert_close
@@ -14,6 +16,16 @@ from .tolerance import assert_close
 # output gradient is copied 8 channels at a time).
 SHAPES = [(2, 8, 5, 13, 3, 2, 2), (1, 4, 7, 21, 5, 1, 3), (1, 6, 3, 3, 7, 3, 2), (1, 4, 4, 1, 1, 4, 4),
           (2, 5, 6, 8, 5, 1, 1), (1, 8, 3, 7, 3, 2, 8), (1, 4, 2, 2, 3, 1, 16), (1, 20, 16, 16, 3, 2, 2)]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "gathers"])
+def forward(request, monkeypatch):
+    """The forward under test: the compiled kernel, or the gathers (no C compiler)."""
+    if request.param == "compiled" and cpu_native.library() is None:
+        pytest.skip("no C compiler built dlu_triton/cpu_reassemble.c (test_the_kernel_builds says whether one should)")
+    if request.param == "gathers":
+        monkeypatch.setattr(cpu_native, "available", lambda dtype: False)
+    return request.param
 
 
 @pytest.fixture(params=[1 << 30, 1], ids=["one-block", "row-blocks"])
@@ -48,6 +60,21 @@ def test_dlu(shape, blocks):
                                cpu.dlu_upsample_backward(dy, *inputs, k, g, s),
                                reference.dlu_upsample_backward(dy, *inputs, k, g, s)):
         assert_close(name, got, want)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(1, 16, 2, 9, 3, 2, 2), (1, 24, 37, 5, 5, 3, 2)], ids=str)
+def test_threads(shape, threads):
+    """Fewer rows than threads, and a band count that must round up to a multiple of them."""
+    n, c, h, w, k, g, s = shape
+    inputs = dlu_inputs(n, c, h, w, k, g, s)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = cpu.dlu_upsample(*inputs, k, g, s)
+    finally:
+        torch.set_num_threads(before)
+    assert_close("dlu", out, reference.dlu_upsample(*inputs, k, g, s))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -97,3 +124,4 @@ def test_nonfinite_values_come_out_where_the_reference_puts_them(where, value, r
     assert not want[0 if where != "grad" else 1].isfinite().all()
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, equal_nan=True)
+

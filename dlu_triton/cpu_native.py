@@ -1,0 +1,104 @@
+"""The CPU path's compiled forward: cpu_reassemble.c, built at first use with the machine's C
+compiler (as Triton builds its launchers) and called through ctypes (which releases the GIL).
+It is built with OpenMP where the compiler has it: linked against libgomp.so.1, it shares the
+OpenMP runtime torch has already loaded, so its threads are torch's (torch.get_num_threads()),
+not a second pool spinning against them.
+
+The library is cached under $DLU_TRITON_CACHE_DIR (default ~/.cache/dlu_triton), keyed on the
+source, the compiler, its flags and the CPU's feature flags (it is built with -march=native, so a
+cache shared between machines must not hand one machine's build to another). Without a working
+compiler `library()` is None and dlu_triton.cpu computes the forward with embedding_bag instead.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_reassemble.c")
+# tried in order: some compilers refuse -march=native, or have no OpenMP (then one thread computes)
+FLAGS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3", "-fopenmp"], ["-O3"])
+COMMON = ["-shared", "-fPIC", "-std=gnu11"]
+FUNCTIONS = {torch.float32: "reassemble_f32", torch.float64: "reassemble_f64"}
+
+
+def _cpu_identity():
+    """What -march=native sees: the CPU's feature flags where the OS lists them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir():
+    path = Path(os.environ.get("DLU_TRITON_CACHE_DIR") or Path.home() / ".cache" / "dlu_triton")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="dlu_triton_"))
+
+
+def _build(compiler, flags):
+    """The library's path, compiled unless cached; None if this compiler and flags fail."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
+                                     platform.machine().encode(), _cpu_identity().encode()])).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_reassemble-{key}.so"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run([compiler, *flags, *COMMON, str(SOURCE), "-o", str(built)], capture_output=True)
+        if result.returncode != 0:
+            return None
+        os.replace(built, target)  # atomic: concurrent builders (pytest-xdist workers) agree
+    return target
+
+
+@functools.cache
+def library():
+    """The compiled kernels (a ctypes library), or None when no C compiler builds them."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None
+    for flags in FLAGS:
+        try:
+            path = _build(compiler, flags)
+        except OSError:
+            path = None
+        if path is not None:
+            lib = ctypes.CDLL(str(path))
+            for name in FUNCTIONS.values():
+                fn = getattr(lib, name)
+                pointer, ints = ctypes.c_void_p, [ctypes.c_int64]
+                fn.argtypes = [pointer, *ints * 3, pointer, *ints * 4, pointer, *ints * 3, pointer, *ints * 3,
+                               *ints * 6]
+                fn.restype = ctypes.c_int
+            return lib
+    return None
+
+
+def available(dtype):
+    """Whether the compiled forward computes this dtype here."""
+    return dtype in FUNCTIONS and library() is not None
+
+
+def reassemble(features, kernels, offsets, out, kernel_size, scale_factor):
+    """out = CARAFE of one image, features [C, H, W] into out [C, H*s, W*s]: kernels CARAFE's
+    masks [G, k*k, H*s, W*s], offsets None; or, for DLU, kernels the kernel space [G, k*k, H, W]
+    and offsets [2*G*s*s, H, W]. Any strides; one dtype, float32 or float64."""
+    c, h, w = features.shape
+    dlu = (offsets.data_ptr(), *offsets.stride()) if offsets is not None else (None, 0, 0, 0)
+    code = getattr(library(), FUNCTIONS[features.dtype])(
+        features.data_ptr(), *features.stride(), kernels.data_ptr(), *kernels.stride(), *dlu, out.data_ptr(),
+        *out.stride(), c, h, w, kernel_size, kernels.shape[0], scale_factor)
+    if code:
+        raise MemoryError("dlu_triton: the CPU kernel could not allocate its scratch buffers")
