@@ -39,6 +39,7 @@ from .kernels.common import accumulator, new_output
 
 BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache's worth)
 CHUNK_BLOCKS = 8  # forward blocks in a backward block and in a forward fetch of kernels: fewer, larger calls
+NATIVE_CHUNK_BYTES = 8 << 20  # kernels' gradient the compiled backward hands on at once
 
 
 @functools.lru_cache(maxsize=4)
@@ -148,6 +149,27 @@ def _native(features, kernels, offsets, kernel_size, scale_factor):
     return out.to(features.dtype)
 
 
+def _native_backward(grad_out, features, kernels, offsets, kernel_size, scale_factor, store):
+    """The features' gradient through cpu_native (kernels, offsets as _native takes them); the
+    kernels' gradient of image i's source rows y0 .. y1 goes to store(i, y0, y1, [(y1-y0)*s, W*s,
+    G, k*k]), a chunk of NATIVE_CHUNK_BYTES at a time."""
+    n, c, h, w = features.shape
+    k, s, g, dtype = kernel_size, scale_factor, kernels.shape[1], accumulator(features)
+    x, kernels, dy = features.to(dtype), kernels.to(dtype), grad_out.to(dtype)
+    offsets = offsets.to(dtype) if offsets is not None else None
+    grad = new_output(features, features.shape, dtype).zero_()  # the kernel adds to it
+    rows = max(1, min(h, NATIVE_CHUNK_BYTES // (s * w * s * g * k * k * torch.finfo(dtype).bits // 8)))
+    chunk = new_output(x, (g, k * k, rows * s, w * s), memory_format=torch.contiguous_format)
+    for i in range(n):
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            grad_kernels = chunk[:, :, :(y1 - y0) * s]
+            cpu_native.reassemble_backward(dy[i], x[i], kernels[i], offsets[i] if offsets is not None else None,
+                                           grad[i], grad_kernels, k, s, y0, y1)
+            store(i, y0, y1, grad_kernels.permute(2, 3, 0, 1))
+    return grad.to(features.dtype)
+
+
 def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_block, kernel_size, group_size,
                          scale_factor):
     """The features' gradient; image i's kernel gradient of source rows y0 .. y1 goes to
@@ -219,7 +241,10 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
     def store(i, y0, y1, d):
         grad_blocks[i, :, :, y0 * s:y1 * s] = d.permute(2, 3, 0, 1)
 
-    grad_features = _reassemble_backward(grad_out, features, _carafe_kernels(masks, k, g, s), store, k, g, s)
+    if cpu_native.available(accumulator(features)):
+        grad_features = _native_backward(grad_out, features, masks.unflatten(1, (g, k * k)), None, k, s, store)
+    else:
+        grad_features = _reassemble_backward(grad_out, features, _carafe_kernels(masks, k, g, s), store, k, g, s)
     return grad_features, grad_masks
 
 
@@ -273,6 +298,9 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
         grad_space[images] += gs
         grad_grid[images, rows] = gg
 
-    grad_features = _reassemble_backward(grad_out, features, block, store, k, g, s)
+    if cpu_native.available(accumulator(features)):
+        grad_features = _native_backward(grad_out, features, space.unflatten(0, (-1, g)), offsets, k, s, store)
+    else:
+        grad_features = _reassemble_backward(grad_out, features, block, store, k, g, s)
     grad_logits, grad_offsets = reference._logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s)
     return grad_features, grad_logits, grad_offsets

@@ -25,7 +25,7 @@ SOURCE = Path(__file__).with_name("cpu_reassemble.c")
 # tried in order: some compilers refuse -march=native, or have no OpenMP (then one thread computes)
 FLAGS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3", "-fopenmp"], ["-O3"])
 COMMON = ["-shared", "-fPIC", "-std=gnu11"]
-FUNCTIONS = {torch.float32: "reassemble_f32", torch.float64: "reassemble_f64"}
+SUFFIXES = {torch.float32: "_f32", torch.float64: "_f64"}
 
 
 def _cpu_identity():
@@ -76,19 +76,30 @@ def library():
             path = None
         if path is not None:
             lib = ctypes.CDLL(str(path))
-            for name in FUNCTIONS.values():
-                fn = getattr(lib, name)
-                pointer, ints = ctypes.c_void_p, [ctypes.c_int64]
-                fn.argtypes = [pointer, *ints * 3, pointer, *ints * 4, pointer, *ints * 3, pointer, *ints * 3,
-                               *ints * 6]
-                fn.restype = ctypes.c_int
+            pointer, ints = ctypes.c_void_p, [ctypes.c_int64]
+            tensors = [pointer, *ints * 3, pointer, *ints * 4, pointer, *ints * 3]  # features, kernels, offsets
+            for suffix in SUFFIXES.values():
+                forward, backward = getattr(lib, "reassemble" + suffix), getattr(lib, "reassemble_backward" + suffix)
+                forward.argtypes = [*tensors, pointer, *ints * 3, *ints * 6]
+                backward.argtypes = [*tensors, pointer, *ints * 3, pointer, *ints * 3, pointer, *ints * 4, *ints * 8]
+                forward.restype = backward.restype = ctypes.c_int
             return lib
     return None
 
 
 def available(dtype):
     """Whether the compiled forward computes this dtype here."""
-    return dtype in FUNCTIONS and library() is not None
+    return dtype in SUFFIXES and library() is not None
+
+
+def _tensors(features, kernels, offsets):
+    dlu = (offsets.data_ptr(), *offsets.stride()) if offsets is not None else (None, 0, 0, 0)
+    return features.data_ptr(), *features.stride(), kernels.data_ptr(), *kernels.stride(), *dlu
+
+
+def _check(code):
+    if code:
+        raise MemoryError("dlu_triton: the CPU kernel could not allocate its scratch buffers")
 
 
 def reassemble(features, kernels, offsets, out, kernel_size, scale_factor):
@@ -96,9 +107,18 @@ def reassemble(features, kernels, offsets, out, kernel_size, scale_factor):
     masks [G, k*k, H*s, W*s], offsets None; or, for DLU, kernels the kernel space [G, k*k, H, W]
     and offsets [2*G*s*s, H, W]. Any strides; one dtype, float32 or float64."""
     c, h, w = features.shape
-    dlu = (offsets.data_ptr(), *offsets.stride()) if offsets is not None else (None, 0, 0, 0)
-    code = getattr(library(), FUNCTIONS[features.dtype])(
-        features.data_ptr(), *features.stride(), kernels.data_ptr(), *kernels.stride(), *dlu, out.data_ptr(),
-        *out.stride(), c, h, w, kernel_size, kernels.shape[0], scale_factor)
-    if code:
-        raise MemoryError("dlu_triton: the CPU kernel could not allocate its scratch buffers")
+    fn = getattr(library(), "reassemble" + SUFFIXES[features.dtype])
+    _check(fn(*_tensors(features, kernels, offsets), out.data_ptr(), *out.stride(), c, h, w, kernel_size,
+              kernels.shape[0], scale_factor))
+
+
+def reassemble_backward(grad_out, features, kernels, offsets, grad_features, grad_kernels, kernel_size, scale_factor,
+                        y0, y1):
+    """The backward of `reassemble` for source rows y0 .. y1: their contributions added to
+    grad_features [C, H, W], and the kernels' gradient of their output rows written to
+    grad_kernels [G, k*k, (y1-y0)*s, W*s]."""
+    c, h, w = features.shape
+    fn = getattr(library(), "reassemble_backward" + SUFFIXES[features.dtype])
+    _check(fn(*_tensors(features, kernels, offsets), grad_out.data_ptr(), *grad_out.stride(),
+              grad_features.data_ptr(), *grad_features.stride(), grad_kernels.data_ptr(), *grad_kernels.stride(),
+              c, h, w, kernel_size, kernels.shape[0], scale_factor, y0, y1))

@@ -1,20 +1,35 @@
-/* CARAFE's reassembly on the CPU, written straight into the output's layout:
+/* CARAFE's reassembly, and so DLU's, on the CPU, read and written in the tensors' own layouts.
 
-       out[c, yo, xo] = sum over taps (ky, kx) of K[g(c), ky*k + kx, yo, xo] * X[c, yo/s + ky - r, xo/s + kx - r]
+   Forward, for output pixel (yo, xo) of channel c in group g, source pixel (yo/s, xo/s):
 
-   with X zero outside the image: unfold's zeros, so a NaN or Inf kernel entry on an outside tap
-   gives NaN, as in the reference. dlu_triton/cpu_native.py compiles this file at first use with
-   the machine's C compiler and calls it through ctypes, one call per thread per block of rows.
+       out[c, yo, xo] = sum over taps t = (ky, kx) of K[g, t, yo, xo] * X[c, yo/s + ky - r, xo/s + kx - r]
+
+   with X zero outside the image (unfold's zeros: a NaN or Inf kernel entry on an outside tap
+   gives NaN, as in the reference). Backward, with dY the output's gradient:
+
+       dK[g, t, yo, xo] = sum over c in g of dY[c, yo, xo] * X[c, yo/s + ky - r, xo/s + kx - r]
+       dX[c, yy, q]     = sum of K[g, t, yo, xo] * dY[c, yo, xo] over the (t, yo, xo) that read (yy, q)
+
+   (the forward's products, so NaN and Inf land where the reference puts them; what falls on the
+   padding is dropped, as fold drops it). DLU's K is sampled here from its kernel space: see pack.
 
    Vectorised over output columns. A tile is TW output columns (a multiple of s) of a band of
-   source rows; its kernels are packed once ([row][sy][tap][TW], zero past the image), a band's
-   worth sized to stay in L2. Then, CB channels at a time, each input row the taps read is
-   expanded s-fold along x (P[i] = X[xo0 / s + i / s - r]), so that tap (ky, kx) of output
-   column xo0 + l reads P[ky][l + kx*s]: contiguous vector loads. Each kernel vector loaded
-   serves CB channels, whose accumulators stay in registers. The k expanded rows a source row
-   reads form a ring (a few KiB, in L1), one new row per source row.
+   source rows; its kernels are packed once ([row][tap][TW], zero past the image), a band's worth
+   sized to stay in L2. Then, CB channels at a time, each input row the taps read is expanded
+   s-fold along x (E[i] = X[xo0/s - r + i/s]), so tap (ky, kx) of output column xo0 + l reads
+   E[ky][l + kx*s]: contiguous vector loads. Each kernel vector loaded serves CB channels, whose
+   accumulators stay in registers. The k expanded rows a source row reads form a ring (a few KiB,
+   in L1), one new row per source row. The backward runs the same loop: dK's tile accumulates
+   dY * E over the channel blocks, and dX's contributions K * dY accumulate in a second ring of
+   expanded rows, each folded back (its s copies summed) into dX as it leaves the ring.
 
-   The body below is compiled twice, for float and double (the file includes itself). */
+   Threads: (group, band) items are shared out by OpenMP. The library links libgomp.so.1, so in a
+   process where torch has loaded its libgomp it runs on torch's own threads. The backward's bands
+   also write dX rows r either side of themselves, so they run in two waves, even bands then odd,
+   with bands at least 2r rows high: no two bands of a wave touch the same row.
+
+   dlu_triton/cpu_native.py compiles this file at first use and calls it through ctypes. The body
+   below is compiled twice, for float and for double: the file includes itself. */
 #ifndef T
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,56 +64,93 @@ typedef T SUFFIX(vec) __attribute__((vector_size(32)));
 #define V SUFFIX(vec)
 #define VL ((int64_t)(sizeof(V) / sizeof(T)))
 
+/* One image's call: tensors as pointers and strides in elements, and its sizes. */
+typedef struct {
+    const T *x; /* features [C, H, W] */
+    int64_t xc, xh, xw;
+    const T *m; /* CARAFE: masks [G, k*k, H*s, W*s]; DLU: the kernel space [G, k*k, H, W] */
+    int64_t mg, mt, my, mx;
+    const T *off; /* DLU: offsets [2*G*s*s, H, W]; NULL for CARAFE */
+    int64_t fc, fy, fx;
+    T *o; /* forward: the output [C, H*s, W*s]; backward: its gradient, read */
+    int64_t oc, oy, ox;
+    T *dx; /* backward: the features' gradient [C, H, W], added to */
+    int64_t dc, dh, dw;
+    T *dk; /* backward: the kernels' gradient [G, k*k, rows*s, W*s] from output row y0*s */
+    int64_t kg, kt, ky, kx;
+    int64_t C, H, W, k, G, s, y0, y1;
+    int64_t r, kk, cpg, wo, tw, pw, most; /* derived: see setup */
+} SUFFIX(call);
+#define CALL SUFFIX(call)
+
+static void SUFFIX(setup)(CALL *a) {
+    a->r = a->k / 2, a->kk = a->k * a->k, a->cpg = a->C / a->G, a->wo = a->W * a->s;
+    a->tw = a->s * VL * ((TILE + a->s * VL - 1) / (a->s * VL)); /* output columns of a tile */
+    a->pw = a->tw + (a->k - 1) * a->s;                           /* an expanded row's length */
+}
+
+/* Rows yy of channels ch0 .. ch0 + cb (zeros for the rest of CB) over the tile's source columns
+   q0 .. q0 + pw/s - 1, each repeated s times: row[j * pw + i] = X[ch0 + j, yy, q0 + i/s]. */
 #define EXPAND(S)                                                                                          \
-    for (int64_t i = 0; i < pw / (S); i++) {                                                               \
+    for (int64_t i = 0; i < a->pw / (S); i++) {                                                            \
         const int64_t q = q0 + i;                                                                          \
-        const T v = q >= 0 && q < W ? src[q * xw] : 0;                                                     \
+        const T v = q >= 0 && q < a->W ? src[q * a->xw] : 0;                                               \
         for (int64_t u = 0; u < (S); u++) row[i * (S) + u] = v;                                            \
     }
-
-/* Input row yy of channels ch0 .. ch0 + cb (zeros for the rest of CB) over the tile's source
-   columns q0 - r .. q0 + n + r - 1, each repeated s times: row[j * pw + i], i < pw = (n + 2r) * s. */
-static void SUFFIX(expand)(T *row, int64_t pw, const T *x, int64_t xc, int64_t xh, int64_t xw, int64_t ch0,
-                           int64_t cb, int64_t yy, int64_t H, int64_t W, int64_t s, int64_t q0) {
-    for (int64_t j = 0; j < CB; j++, row += pw) {
-        if (j >= cb || yy < 0 || yy >= H) {
-            memset(row, 0, sizeof(T) * (size_t)pw);
+static void SUFFIX(expand)(const CALL *a, T *row, int64_t ch0, int64_t cb, int64_t yy, int64_t q0) {
+    for (int64_t j = 0; j < CB; j++, row += a->pw) {
+        if (j >= cb || yy < 0 || yy >= a->H) {
+            memset(row, 0, sizeof(T) * (size_t)a->pw);
             continue;
         }
-        const T *src = x + (ch0 + j) * xc + yy * xh;
-        switch (s) { /* constant repeat counts unroll */
+        const T *src = a->x + (ch0 + j) * a->xc + yy * a->xh;
+        switch (a->s) { /* constant repeat counts unroll */
         case 1: EXPAND(1); break;
         case 2: EXPAND(2); break;
         case 4: EXPAND(4); break;
-        default: EXPAND(s);
+        default: EXPAND(a->s);
+        }
+    }
+}
+#undef EXPAND
+
+/* expand's adjoint: dX[ch0 + j, yy, q0 + i] += the s copies of row[j * pw + i*s ..], for the
+   columns inside the image. */
+static void SUFFIX(fold)(const CALL *a, const T *row, int64_t ch0, int64_t cb, int64_t yy, int64_t q0) {
+    if (yy < 0 || yy >= a->H) return;
+    for (int64_t j = 0; j < cb; j++, row += a->pw) {
+        T *dst = a->dx + (ch0 + j) * a->dc + yy * a->dh;
+        for (int64_t i = MAX(0, -q0); i < MIN(a->pw / a->s, a->W - q0); i++) {
+            T sum = 0;
+            for (int64_t u = 0; u < a->s; u++) sum += row[i * a->s + u];
+            dst[(q0 + i) * a->dw] += sum;
         }
     }
 }
 
 /* The kernels of output rows b0*s .. b1*s, columns xo0 .. xo0 + valid, of group g into
-   kt[row][tap][tw], zero past the image. CARAFE (off NULL): m holds the image's masks [G, k*k,
-   H*s, W*s], strides per group, tap, row and column. DLU: m holds the low-resolution kernel space
-   [G, k*k, H, W] and off the offsets [2*G*s*s, H, W] (pixel_shuffle's channel order), each output
-   pixel's kernel sampled bilinearly at its source pixel plus its offset, clamped to the image
-   (grid_sample with border padding and align_corners=True); a NaN offset gives a NaN kernel. */
-static void SUFFIX(pack)(T *kt, int64_t tw, const T *m, int64_t mg, int64_t mt, int64_t my, int64_t mx, const T *off,
-                         int64_t fc, int64_t fy, int64_t fx, int64_t H, int64_t W, int64_t kk, int64_t s, int64_t g,
-                         int64_t b0, int64_t b1, int64_t xo0, int64_t valid) {
+   kt[row][tap][tw], zero past the image. CARAFE: copied from the masks. DLU: each output pixel's
+   kernel sampled bilinearly from the kernel space at its source pixel plus its offset (channel
+   ((2g + {0: x, 1: y}) * s + sy) * s + sx, pixel_shuffle's order), clamped to the image:
+   grid_sample with border padding and align_corners=True. A NaN offset gives a NaN kernel. */
+static void SUFFIX(pack)(const CALL *a, T *kt, int64_t g, int64_t b0, int64_t b1, int64_t xo0, int64_t valid) {
+    const int64_t s = a->s, tw = a->tw, kk = a->kk, W = a->W, H = a->H;
     for (int64_t row = 0; row < (b1 - b0) * s; row++) {
         T *dst = kt + row * kk * tw;
         for (int64_t t = 0; t < kk; t++)
             for (int64_t l = valid; l < tw; l++) dst[t * tw + l] = 0;
-        if (!off) {
+        if (!a->off) {
             for (int64_t t = 0; t < kk; t++) {
-                const T *src = m + g * mg + t * mt + (b0 * s + row) * my + xo0 * mx;
-                for (int64_t l = 0; l < valid; l++) dst[t * tw + l] = src[l * mx];
+                const T *src = a->m + g * a->mg + t * a->mt + (b0 * s + row) * a->my + xo0 * a->mx;
+                for (int64_t l = 0; l < valid; l++) dst[t * tw + l] = src[l * a->mx];
             }
             continue;
         }
         const int64_t y = b0 + row / s, sy = row % s;
         for (int64_t l = 0; l < valid; l++) {
-            const int64_t x = (xo0 + l) / s, sx = (xo0 + l) % s, c = ((2 * g * s) + sy) * s + sx;
-            T px = x + off[c * fc + y * fy + x * fx], py = y + off[(c + s * s) * fc + y * fy + x * fx];
+            const int64_t x = (xo0 + l) / s, sx = (xo0 + l) % s, c = (2 * g * s + sy) * s + sx;
+            const T *o = a->off + y * a->fy + x * a->fx;
+            T px = x + o[c * a->fc], py = y + o[(c + s * s) * a->fc];
             px = W > 1 ? (px < 0 ? 0 : px > W - 1 ? W - 1 : px) : px != px ? px : 0; /* keeps a NaN */
             py = H > 1 ? (py < 0 ? 0 : py > H - 1 ? H - 1 : py) : py != py ? py : 0;
             if (px != px || py != py) {
@@ -108,98 +160,170 @@ static void SUFFIX(pack)(T *kt, int64_t tw, const T *m, int64_t mg, int64_t mt, 
             const int64_t ix = (int64_t)px, iy = (int64_t)py; /* floor: both are >= 0 */
             const T fx1 = px - ix, fy1 = py - iy, fx0 = 1 - fx1, fy0 = 1 - fy1;
             const int64_t right = ix + 1 < W, down = iy + 1 < H; /* grid_sample skips corners outside */
-            const T *p = m + g * mg + iy * my + ix * mx;
-            for (int64_t t = 0; t < kk; t++, p += mt) {
+            const T *p = a->m + g * a->mg + iy * a->my + ix * a->mx;
+            for (int64_t t = 0; t < kk; t++, p += a->mt) {
                 T v = fy0 * fx0 * p[0];
-                if (right) v += fy0 * fx1 * p[mx];
-                if (down) v += fy1 * fx0 * p[my];
-                if (right && down) v += fy1 * fx1 * p[my + mx];
+                if (right) v += fy0 * fx1 * p[a->mx];
+                if (down) v += fy1 * fx0 * p[a->my];
+                if (right && down) v += fy1 * fx1 * p[a->my + a->mx];
                 dst[t * tw + l] = v;
             }
         }
     }
 }
 
-/* Outputs of group g, source rows b0 .. b1, of one image (the arguments as reassemble's); kt and
-   ring: this thread's scratch. */
-static void SUFFIX(band)(T *kt, T *ring, int64_t tw, int64_t pw, const T *x, int64_t xc, int64_t xh, int64_t xw,
-                         const T *m, int64_t mg, int64_t mt, int64_t my, int64_t mx, const T *off, int64_t fc,
-                         int64_t fy, int64_t fx, T *o, int64_t oc, int64_t oy, int64_t ox, int64_t C, int64_t H,
-                         int64_t W, int64_t k, int64_t G, int64_t s, int64_t g, int64_t b0, int64_t b1) {
-    const int64_t r = k / 2, kk = k * k, wo = W * s, cpg = C / G;
-    for (int64_t xo0 = 0; xo0 < wo; xo0 += tw) {
-        const int64_t valid = MIN(wo - xo0, tw), q0 = xo0 / s - r;
-        SUFFIX(pack)(kt, tw, m, mg, mt, my, mx, off, fc, fy, fx, H, W, kk, s, g, b0, b1, xo0, valid);
+static inline V SUFFIX(load)(const T *p) {
+    V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The ring slot of expanded row yy, for a band starting at row b0. */
+static inline int64_t SUFFIX(slot)(const CALL *a, int64_t yy, int64_t b0) { return (yy - b0 + a->k) % a->k; }
+
+/* One (group, band) item: the forward's outputs, or the backward's gradients, of source rows
+   b0 .. b1. scratch: kt, then (backward) dK's tile, then the ring(s) of CB * pw-long rows. */
+static void SUFFIX(band)(const CALL *a, T *scratch, int backward, int64_t g, int64_t b0, int64_t b1) {
+    const int64_t s = a->s, k = a->k, kk = a->kk, tw = a->tw, pw = a->pw, r = a->r, cpg = a->cpg;
+    T *kt = scratch, *gt = kt + a->most * s * kk * tw, *ring = gt + a->most * s * kk * tw, *dring = ring + k * CB * pw;
+    for (int64_t xo0 = 0; xo0 < a->wo; xo0 += tw) {
+        const int64_t valid = MIN(a->wo - xo0, tw), q0 = xo0 / s - r, rows = (b1 - b0) * s;
+        SUFFIX(pack)(a, kt, g, b0, b1, xo0, valid);
+        if (backward) memset(gt, 0, sizeof(T) * (size_t)(rows * kk * tw));
         for (int64_t c0 = 0; c0 < cpg; c0 += CB) {
             const int64_t cb = MIN(cpg - c0, CB), ch0 = g * cpg + c0;
-            for (int64_t yy = b0 - r; yy < b0 + r; yy++)
-                SUFFIX(expand)(ring + (yy - b0 + k) % k * CB * pw, pw, x, xc, xh, xw, ch0, cb, yy, H, W, s, q0);
+            for (int64_t yy = b0 - r; yy < b0 + r; yy++) {
+                SUFFIX(expand)(a, ring + SUFFIX(slot)(a, yy, b0) * CB * pw, ch0, cb, yy, q0);
+                if (backward) memset(dring + SUFFIX(slot)(a, yy, b0) * CB * pw, 0, sizeof(T) * (size_t)(CB * pw));
+            }
             for (int64_t y = b0; y < b1; y++) {
-                SUFFIX(expand)(ring + (y + r - b0) % k * CB * pw, pw, x, xc, xh, xw, ch0, cb, y + r, H, W, s, q0);
-                for (int64_t sy = 0; sy < s; sy++)
+                SUFFIX(expand)(a, ring + SUFFIX(slot)(a, y + r, b0) * CB * pw, ch0, cb, y + r, q0);
+                if (backward) memset(dring + SUFFIX(slot)(a, y + r, b0) * CB * pw, 0, sizeof(T) * (size_t)(CB * pw));
+                for (int64_t sy = 0; sy < s; sy++) {
+                    const int64_t yo = y * s + sy;
                     for (int64_t v = 0; v < valid; v += VL) {
+                        const int64_t n = MIN(valid - v, VL);
                         const T *kp = kt + ((y - b0) * s + sy) * kk * tw + v;
-                        V acc[CB] = {0};
-                        for (int64_t ky = 0, slot = (y - r - b0 + k) % k; ky < k; ky++, slot++) {
-                            const T *p = ring + (slot < k ? slot : slot - k) * CB * pw + v;
-                            for (int64_t kx = 0; kx < k; kx++, kp += tw) {
-                                V kv, pj;
-                                memcpy(&kv, kp, sizeof kv);
-                                for (int j = 0; j < CB; j++) {
-                                    memcpy(&pj, p + j * pw + kx * s, sizeof pj);
-                                    acc[j] += kv * pj;
+                        T *io = a->o + ch0 * a->oc + yo * a->oy + (xo0 + v) * a->ox;
+                        if (!backward) {
+                            V acc[CB] = {0};
+                            for (int64_t ky = 0, slot = SUFFIX(slot)(a, y - r, b0); ky < k; ky++, slot++) {
+                                const T *e = ring + (slot < k ? slot : slot - k) * CB * pw + v;
+                                for (int64_t kx = 0; kx < k; kx++, kp += tw) {
+                                    const V kv = SUFFIX(load)(kp);
+                                    for (int j = 0; j < CB; j++) acc[j] += kv * SUFFIX(load)(e + j * pw + kx * s);
                                 }
                             }
+                            if (n == VL && a->ox == 1) /* channels first: a vector per channel */
+                                for (int64_t j = 0; j < cb; j++) memcpy(io + j * a->oc, &acc[j], sizeof acc[j]);
+                            else if (a->oc == 1 && cb == CB) /* channels last: CB channels per pixel */
+                                for (int64_t l = 0; l < n; l++)
+                                    for (int j = 0; j < CB; j++) io[l * a->ox + j] = acc[j][l];
+                            else
+                                for (int64_t j = 0; j < cb; j++)
+                                    for (int64_t l = 0; l < n; l++) io[j * a->oc + l * a->ox] = acc[j][l];
+                            continue;
                         }
-                        const int64_t n = MIN(valid - v, VL);
-                        T *dst = o + ch0 * oc + (y * s + sy) * oy + (xo0 + v) * ox;
-                        if (n == VL && ox == 1) /* channels first: a vector per channel */
-                            for (int64_t j = 0; j < cb; j++) memcpy(dst + j * oc, &acc[j], sizeof acc[j]);
-                        else if (oc == 1 && cb == CB) /* channels last: CB channels per pixel */
-                            for (int64_t l = 0; l < n; l++)
-                                for (int j = 0; j < CB; j++) dst[l * ox + j] = acc[j][l];
-                        else
-                            for (int64_t j = 0; j < cb; j++)
-                                for (int64_t l = 0; l < n; l++) dst[j * oc + l * ox] = acc[j][l];
+                        V dy[CB] = {0};
+                        for (int64_t j = 0; j < cb; j++)
+                            if (n == VL && a->ox == 1)
+                                memcpy(&dy[j], io + j * a->oc, sizeof dy[j]);
+                            else
+                                for (int64_t l = 0; l < n; l++) dy[j][l] = io[j * a->oc + l * a->ox];
+                        T *gp = gt + ((y - b0) * s + sy) * kk * tw + v;
+                        for (int64_t ky = 0, slot = SUFFIX(slot)(a, y - r, b0); ky < k; ky++, slot++) {
+                            const int64_t at = (slot < k ? slot : slot - k) * CB * pw + v;
+                            const T *e = ring + at;
+                            T *de = dring + at;
+                            for (int64_t kx = 0; kx < k; kx++, kp += tw, gp += tw) {
+                                const V kv = SUFFIX(load)(kp);
+                                V acc = SUFFIX(load)(gp);
+                                for (int j = 0; j < CB; j++) {
+                                    T *d = de + j * pw + kx * s;
+                                    const V dj = SUFFIX(load)(d) + kv * dy[j];
+                                    acc += dy[j] * SUFFIX(load)(e + j * pw + kx * s);
+                                    memcpy(d, &dj, sizeof dj);
+                                }
+                                memcpy(gp, &acc, sizeof acc);
+                            }
+                        }
                     }
+                }
+                if (backward) /* row y - r has had all its contributions */
+                    SUFFIX(fold)(a, dring + SUFFIX(slot)(a, y - r, b0) * CB * pw, ch0, cb, y - r, q0);
             }
+            if (backward)
+                for (int64_t yy = b1 - r; yy < b1 + r; yy++)
+                    SUFFIX(fold)(a, dring + SUFFIX(slot)(a, yy, b0) * CB * pw, ch0, cb, yy, q0);
         }
+        if (backward)
+            for (int64_t row = 0; row < rows; row++)
+                for (int64_t t = 0; t < kk; t++) {
+                    T *dst = a->dk + g * a->kg + t * a->kt + ((b0 - a->y0) * s + row) * a->ky + xo0 * a->kx;
+                    for (int64_t l = 0; l < valid; l++) dst[l * a->kx] = gt[(row * kk + t) * tw + l];
+                }
     }
 }
 
-/* The whole output of one image. x, o: the image's features [C, H, W] and output [C, H*s, W*s],
-   strides in elements; m, off: its kernels, as pack takes them. The (group, band of rows) items
-   are shared out among OpenMP's threads (torch's own pool: the library links the libgomp torch
-   has loaded), their count a multiple of the threads'. Returns 0, or -1 when a thread's scratch
-   cannot be allocated. */
-int SUFFIX(reassemble)(const T *x, int64_t xc, int64_t xh, int64_t xw, const T *m, int64_t mg, int64_t mt,
-                       int64_t my, int64_t mx, const T *off, int64_t fc, int64_t fy, int64_t fx, T *o, int64_t oc,
-                       int64_t oy, int64_t ox, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s) {
-    const int64_t kk = k * k, tw = s * VL * ((TILE + s * VL - 1) / (s * VL)), pw = tw + (k - 1) * s;
-    const int64_t rows = MAX(1, BAND_BYTES / (int64_t)sizeof(T) / (s * kk * tw)), threads = omp_get_max_threads();
-    int64_t bands = (H + rows - 1) / rows;
-    for (int64_t more = 0; more < threads && (G * bands) % threads; more++) bands++;
-    const int64_t most = (H + bands - 1) / bands;
+/* Source rows y0 .. y1 of one image, forward or backward, over OpenMP's threads: bands sized to
+   BAND_BYTES, their count rounded up to fill the threads; the backward's in two waves. Returns
+   0, or -1 when a thread's scratch cannot be allocated. */
+static int SUFFIX(run)(CALL *a, int backward) {
+    SUFFIX(setup)(a);
+    const int64_t h = a->y1 - a->y0, threads = omp_get_max_threads(), waves = backward ? 2 : 1;
+    int64_t bands = (h + MAX(1, BAND_BYTES / (int64_t)sizeof(T) / (a->s * a->kk * a->tw)) - 1) /
+                    MAX(1, BAND_BYTES / (int64_t)sizeof(T) / (a->s * a->kk * a->tw));
+    for (int64_t more = 0; more < waves * threads && (a->G * ((bands + waves - 1) / waves)) % threads; more++) bands++;
+    if (backward && a->r > 0) bands = MAX(1, MIN(bands, h / (2 * a->r))); /* no two bands of a wave meet */
+    bands = MAX(1, MIN(bands, h));
+    a->most = (h + bands - 1) / bands;
+    const int64_t per_wave = (bands + waves - 1) / waves;
+    const size_t scratch = (size_t)(2 * a->most * a->s * a->kk * a->tw + 2 * a->k * CB * a->pw);
     int failed = 0;
 #pragma omp parallel
     {
-        T *kt = malloc(sizeof(T) * (size_t)(most * s * kk * tw + k * CB * pw));
-        if (!kt) {
+        T *mine = malloc(sizeof(T) * scratch);
+        if (!mine) {
 #pragma omp atomic write
             failed = 1;
         }
+        for (int64_t wave = 0; wave < waves; wave++) {
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < G * bands; item++) {
-            const int64_t g = item / bands, b = item % bands;
-            if (kt)
-                SUFFIX(band)(kt, kt + most * s * kk * tw, tw, pw, x, xc, xh, xw, m, mg, mt, my, mx, off, fc, fy, fx, o,
-                             oc, oy, ox, C, H, W, k, G, s, g, b * H / bands, (b + 1) * H / bands);
+            for (int64_t item = 0; item < a->G * per_wave; item++) {
+                const int64_t g = item / per_wave, b = (item % per_wave) * waves + wave;
+                if (mine && b < bands)
+                    SUFFIX(band)(a, mine, backward, g, a->y0 + b * h / bands, a->y0 + (b + 1) * h / bands);
+            }
         }
-        free(kt);
+        free(mine);
     }
     return failed ? -1 : 0;
 }
+
+/* The forward of one image: out = CARAFE(x, kernels). */
+int SUFFIX(reassemble)(const T *x, int64_t xc, int64_t xh, int64_t xw, const T *m, int64_t mg, int64_t mt, int64_t my,
+                       int64_t mx, const T *off, int64_t fc, int64_t fy, int64_t fx, T *o, int64_t oc, int64_t oy,
+                       int64_t ox, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s) {
+    CALL a = {.x = x, .xc = xc, .xh = xh, .xw = xw, .m = m, .mg = mg, .mt = mt, .my = my, .mx = mx, .off = off,
+              .fc = fc, .fy = fy, .fx = fx, .o = o, .oc = oc, .oy = oy, .ox = ox,
+              .C = C, .H = H, .W = W, .k = k, .G = G, .s = s, .y0 = 0, .y1 = H};
+    return SUFFIX(run)(&a, 0);
+}
+
+/* The backward of one image's source rows y0 .. y1: dK of their output rows, and their
+   contributions added to dX. */
+int SUFFIX(reassemble_backward)(const T *x, int64_t xc, int64_t xh, int64_t xw, const T *m, int64_t mg, int64_t mt,
+                                int64_t my, int64_t mx, const T *off, int64_t fc, int64_t fy, int64_t fx, const T *dy,
+                                int64_t oc, int64_t oy, int64_t ox, T *dx, int64_t dc, int64_t dh, int64_t dw, T *dk,
+                                int64_t kg, int64_t kt, int64_t ky, int64_t kx, int64_t C, int64_t H, int64_t W,
+                                int64_t k, int64_t G, int64_t s, int64_t y0, int64_t y1) {
+    CALL a = {.x = x, .xc = xc, .xh = xh, .xw = xw, .m = m, .mg = mg, .mt = mt, .my = my, .mx = mx, .off = off,
+              .fc = fc, .fy = fy, .fx = fx, .o = (T *)dy, .oc = oc, .oy = oy, .ox = ox, .dx = dx, .dc = dc,
+              .dh = dh, .dw = dw, .dk = dk, .kg = kg, .kt = kt, .ky = ky, .kx = kx,
+              .C = C, .H = H, .W = W, .k = k, .G = G, .s = s, .y0 = y0, .y1 = y1};
+    return SUFFIX(run)(&a, 1);
+}
+#undef CALL
 #undef V
 #undef VL
-#undef EXPAND
 #endif
