@@ -1,6 +1,6 @@
 """The paths that run without the Triton kernels, on this machine's CPU: `dlu_upsample` and
-`carafe` forward and forward+backward on the CPU path (dlu_triton.cpu), the PyTorch reference
-beside them, bilinear upsampling for scale, the `DLU` module eager, and the `DLU` module exported
+`carafe` forward and forward+backward on the CPU path (dlu_triton.cpu: its compiled kernel, and
+for DLU also the gathers it falls back to without a C compiler), the PyTorch reference beside them, bilinear upsampling for scale, the `DLU` module eager, and the `DLU` module exported
 to ONNX (dlu_triton.export) in onnxruntime, beside the export of the reference's composition
 (unfold, full mask, einsum: what export wrote before).
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import dlu_triton
-from dlu_triton import cpu, export, flops, reference
+from dlu_triton import cpu, cpu_native, export, flops, reference
 
 SHAPES = [(1, 256, 100, 152, 5, 1, 2), (2, 128, 48, 40, 3, 2, 4)]  # (N, C, H, W, k, G, s)
 
@@ -46,6 +46,17 @@ def median_ms(fn, reps):
 def sgemm_flops_per_s(reps):
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     return 2 * 2048**3 / (median_ms(lambda: a @ b, reps) / 1e3)
+
+
+def gathers(fn):
+    """fn on the CPU path's fallback: the compiled kernel switched off, as without a C compiler."""
+    def call():
+        available, cpu_native.available = cpu_native.available, lambda dtype: False
+        try:
+            return fn()
+        finally:
+            cpu_native.available = available
+    return call
 
 
 def inputs(shape):
@@ -81,13 +92,18 @@ def cases(shape, folder):
     the floor ('op': the op's FLOPs, 'op3': forward+backward, 'module': the module's)."""
     n, c, h, w, k, g, s = shape
     x, logits, offsets, masks, dy = inputs(shape)
-    x_cl = x.contiguous(memory_format=torch.channels_last)  # its output is channels_last: no transposing copy
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # its output is channels_last
     rows = {
         "dlu_upsample fwd, CPU path": (lambda: lambda: cpu.dlu_upsample(x, logits, offsets, k, g, s), "op"),
         "dlu_upsample fwd, CPU path, channels_last": (lambda: lambda: cpu.dlu_upsample(
             x_cl, logits, offsets, k, g, s), "op"),
         "dlu_upsample fwd+bwd, CPU path": (lambda: lambda: (
             cpu.dlu_upsample(x, logits, offsets, k, g, s), cpu.dlu_upsample_backward(dy, x, logits, offsets, k, g, s)),
+            "op3"),
+        "dlu_upsample fwd, CPU path, gathers (no compiler)": (lambda: gathers(
+            lambda: cpu.dlu_upsample(x, logits, offsets, k, g, s)), "op"),
+        "dlu_upsample fwd+bwd, CPU path, gathers (no compiler)": (lambda: gathers(lambda: (
+            cpu.dlu_upsample(x, logits, offsets, k, g, s), cpu.dlu_upsample_backward(dy, x, logits, offsets, k, g, s))),
             "op3"),
         "dlu_upsample fwd, reference": (lambda: lambda: reference.dlu_upsample(x, logits, offsets, k, g, s), "op"),
         "dlu_upsample fwd+bwd, reference": (lambda: lambda: (
@@ -151,7 +167,8 @@ def main():
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = p.parse_args()
     info = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                torch=torch.__version__, date=datetime.date.today().isoformat())
+                torch=torch.__version__, date=datetime.date.today().isoformat(),
+                kernel="compiled" if cpu_native.library() is not None else "none (gathers)")
     try:
         import onnxruntime
         info["onnxruntime"] = onnxruntime.__version__
@@ -183,7 +200,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump(dict(env=info, results=results), f, indent=1)
     print(f"# CPU paths: {info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
-          f"onnxruntime {info.get('onnxruntime', '-')}, {info['date']}\n")
+          f"onnxruntime {info.get('onnxruntime', '-')}, CPU path kernel {info['kernel']}, {info['date']}\n")
     print("| shape | path | median ms | floor ms | x floor | peak extra memory / output |")
     print("|---|---|---|---|---|---|")
     for r in results:

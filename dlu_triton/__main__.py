@@ -12,7 +12,7 @@ import sys
 import torch
 
 from . import benchmark as B
-from . import ops
+from . import cpu_native, ops
 
 
 def parse(argv):
@@ -123,8 +123,10 @@ def compare(args):
         bandwidth = B.copy_bandwidth(args.device)
         print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
     else:
+        form = ("its compiled kernel" if cpu_native.library() is not None
+                else "blocked weighted gathers: no C compiler built its kernel")
         path = ("Triton's interpreter (TRITON_INTERPRET=1), which is slow" if os.environ.get("TRITON_INTERPRET") == "1"
-                else "the CPU path (dlu_triton.cpu: blocked weighted gathers), not the Triton kernels")
+                else f"the CPU path (dlu_triton.cpu, {form}), not the Triton kernels")
         print(f"dlu-triton compare on CPU ({info['cpu']}, {torch.get_num_threads()} threads): NO GPU, so this times "
               f"{path}; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
         bandwidth = None

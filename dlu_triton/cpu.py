@@ -1,6 +1,16 @@
-"""The CPU path: CARAFE's reassembly, and so DLU's, as weighted sums of gathered channel rows.
+"""The CPU path: CARAFE's reassembly, and so DLU's, off the GPU, in one of two forms.
 
-Maths. Keep the features channels last and zero-padded by r = k // 2, a table of rows Xp[row]
+- The compiled kernel (cpu_native: dlu_triton/cpu_reassemble.c, built at first use with the
+  machine's C compiler), forward and backward, reading and writing the tensors' own layouts
+  and sampling DLU's kernels itself, so no full-size mask and no transposed copy exist; float32
+  and float64. DLU's backward through the sampling (grid_sample's backward, the softmax's) stays
+  PyTorch's, NATIVE_CHUNK_BYTES of kernel gradient at a time.
+- Where no compiler builds it: weighted sums of gathered channel rows, in PyTorch ops (below).
+
+Both multiply exactly the reference's products, so NaN and Inf come out where the reference
+puts them. Half-precision inputs are computed in float32 and rounded once at the end.
+
+Gathers. Keep the features channels last and zero-padded by r = k // 2, a table of rows Xp[row]
 (a row: one pixel's cpg channels of one group). Output pixel p of group g is a weighted sum of
 the k*k rows its taps read,
 
@@ -26,8 +36,7 @@ CHUNK_BLOCKS blocks at a time from the kernel space (the reference's softmax and
 so the same numbers) and sends a block's kernel gradient through grid_sample's backward. The
 backward's block also holds the dY rows and kernels of the r source rows on either side, which
 its dX reads, handed on from one block to the next. A channels-first output is written block
-by block through a transposing copy. Half-precision inputs are computed in float32 and rounded
-once at the end.
+by block through a transposing copy.
 """
 import functools
 
