@@ -1,13 +1,14 @@
-"""The CPU path's compiled forward: cpu_reassemble.c, built at first use with the machine's C
-compiler (as Triton builds its launchers) and called through ctypes (which releases the GIL).
-It is built with OpenMP where the compiler has it: linked against libgomp.so.1, it shares the
-OpenMP runtime torch has already loaded, so its threads are torch's (torch.get_num_threads()),
-not a second pool spinning against them.
+"""The CPU path's compiled kernel, forward and backward: cpu_reassemble.c, built at first use with
+the machine's C compiler (as Triton builds its launchers) and called through ctypes (which releases
+the GIL). It is built with OpenMP where the compiler has it: linked against libgomp.so.1, it
+shares the OpenMP runtime torch has already loaded, so its threads are torch's
+(torch.get_num_threads()), not a second pool spinning against them.
 
 The library is cached under $DLU_TRITON_CACHE_DIR (default ~/.cache/dlu_triton), keyed on the
 source, the compiler, its flags and the CPU's feature flags (it is built with -march=native, so a
 cache shared between machines must not hand one machine's build to another). Without a working
-compiler `library()` is None and dlu_triton.cpu computes the forward with embedding_bag instead.
+compiler `library()` is None and dlu_triton.cpu computes forward and backward with embedding_bag
+gathers instead.
 """
 import ctypes
 import functools

@@ -11,7 +11,7 @@ what both modules wait on. Dispatch, by the features' device:
   gfx942, gfx950) with a Triton that has its backend; any other GPU gets a RuntimeError naming
   it and the way out before anything launches;
 - CPU with TRITON_INTERPRET=1: the same Triton kernels in Triton's interpreter;
-- CPU otherwise: `dlu_triton.cpu`, blocks of weighted gathers (every dtype);
+- CPU otherwise: `dlu_triton.cpu`, its compiled kernel (PyTorch gathers without a C compiler; every dtype);
 - float64 on CUDA: the PyTorch reference.
 
 Every check runs in Python before any kernel launches and raises TypeError or ValueError naming
