@@ -2,9 +2,9 @@
 
 - The compiled kernel (cpu_native: dlu_triton/cpu_reassemble.c, built at first use with the
   machine's C compiler), forward and backward, reading and writing the tensors' own layouts
-  and sampling DLU's kernels itself, so no full-size mask and no transposed copy exist; float32
-  and float64. DLU's backward through the sampling (grid_sample's backward, the softmax's) stays
-  PyTorch's, NATIVE_CHUNK_BYTES of kernel gradient at a time.
+  and sampling DLU's kernels itself (and sending their gradient back through the sampling), so
+  no full-size mask and no transposed copy exist; float32 and float64. The softmax of DLU's
+  kernel space, and its backward, are PyTorch's.
 - Where no compiler builds it: weighted sums of gathered channel rows, in PyTorch ops (below).
 
 Both multiply exactly the reference's products, so NaN and Inf come out where the reference
@@ -48,7 +48,6 @@ from .kernels.common import accumulator, new_output
 
 BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache's worth)
 CHUNK_BLOCKS = 8  # forward blocks in a backward block and in a forward fetch of kernels: fewer, larger calls
-NATIVE_CHUNK_BYTES = 8 << 20  # kernels' gradient the compiled backward hands on at once
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,25 +157,26 @@ def _native(features, kernels, offsets, kernel_size, scale_factor):
     return out.to(features.dtype)
 
 
-def _native_backward(grad_out, features, kernels, offsets, kernel_size, scale_factor, store):
-    """The features' gradient through cpu_native (kernels, offsets as _native takes them); the
-    kernels' gradient of image i's source rows y0 .. y1 goes to store(i, y0, y1, [(y1-y0)*s, W*s,
-    G, k*k]), a chunk of NATIVE_CHUNK_BYTES at a time."""
+def _native_backward(grad_out, features, kernels, offsets, kernel_size, scale_factor):
+    """The backward through cpu_native (kernels, offsets as _native takes them), in the
+    accumulator's dtype: the features' gradient, and CARAFE's masks' gradient [N, G, k*k, H*s,
+    W*s] or DLU's pair (the kernel space's gradient [N, G, k*k, H, W], the offsets')."""
     n, c, h, w = features.shape
     k, s, g, dtype = kernel_size, scale_factor, kernels.shape[1], accumulator(features)
     x, kernels, dy = features.to(dtype), kernels.to(dtype), grad_out.to(dtype)
-    offsets = offsets.to(dtype) if offsets is not None else None
     grad = new_output(features, features.shape, dtype).zero_()  # the kernel adds to it
-    rows = max(1, min(h, NATIVE_CHUNK_BYTES // (s * w * s * g * k * k * torch.finfo(dtype).bits // 8)))
-    chunk = new_output(x, (g, k * k, rows * s, w * s), memory_format=torch.contiguous_format)
-    for i in range(n):
-        for y0 in range(0, h, rows):
-            y1 = min(h, y0 + rows)
-            grad_kernels = chunk[:, :, :(y1 - y0) * s]
-            cpu_native.reassemble_backward(dy[i], x[i], kernels[i], offsets[i] if offsets is not None else None,
-                                           grad[i], grad_kernels, k, s, y0, y1)
-            store(i, y0, y1, grad_kernels.permute(2, 3, 0, 1))
-    return grad.to(features.dtype)
+    if offsets is None:
+        grad_kernels = new_output(x, (n, g, k * k, h * s, w * s), memory_format=torch.contiguous_format)
+        for i in range(n):
+            cpu_native.reassemble_backward(dy[i], x[i], kernels[i], None, grad[i], grad_kernels[i], k, s)
+    else:
+        offsets = offsets.to(dtype)
+        grad_kernels = (torch.zeros(kernels.shape, dtype=dtype),  # added to
+                        new_output(offsets, offsets.shape, dtype, memory_format=torch.contiguous_format))
+        for i in range(n):
+            cpu_native.reassemble_backward(dy[i], x[i], kernels[i], offsets[i], grad[i],
+                                           (grad_kernels[0][i], grad_kernels[1][i]), k, s)
+    return grad.to(features.dtype), grad_kernels
 
 
 def _reassemble_backward(grad_out, features, kernels_of_block, kernels_grad_of_block, kernel_size, group_size,
@@ -244,16 +244,16 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
     if features.numel() == 0:
         return reference.carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_factor)
     k, g, s = kernel_size, group_size, scale_factor
+    if cpu_native.available(accumulator(features)):
+        grad_features, grad_masks = _native_backward(grad_out, features, masks.unflatten(1, (g, k * k)), None, k, s)
+        return grad_features, grad_masks.view(masks.shape).to(masks.dtype)
     grad_masks = new_output(masks, masks.shape, memory_format=torch.contiguous_format)
     grad_blocks = grad_masks.unflatten(1, (g, k * k))
 
     def store(i, y0, y1, d):
         grad_blocks[i, :, :, y0 * s:y1 * s] = d.permute(2, 3, 0, 1)
 
-    if cpu_native.available(accumulator(features)):
-        grad_features = _native_backward(grad_out, features, masks.unflatten(1, (g, k * k)), None, k, s, store)
-    else:
-        grad_features = _reassemble_backward(grad_out, features, _carafe_kernels(masks, k, g, s), store, k, g, s)
+    grad_features = _reassemble_backward(grad_out, features, _carafe_kernels(masks, k, g, s), store, k, g, s)
     return grad_features, grad_masks
 
 
@@ -293,6 +293,12 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
         return reference.dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size,
                                                scale_factor)
     k, g, s = kernel_size, group_size, scale_factor
+    if cpu_native.available(accumulator(features)):
+        space = reference._kernel_space(kernel_logits, k, g)
+        grad_features, (grad_space, grad_offsets) = _native_backward(
+            grad_out, features, space.unflatten(0, (-1, g)), offsets, k, s)
+        grad_logits = reference._softmax_backward(grad_space.view(space.shape), space.to(grad_space.dtype))
+        return grad_features, grad_logits.reshape(kernel_logits.shape).to(kernel_logits.dtype), grad_offsets.to(offsets.dtype)
     space, nan, safe, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
     grad_space = torch.zeros_like(space)
     grad_grid = new_output(safe, safe.shape, memory_format=torch.contiguous_format)
@@ -307,9 +313,6 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
         grad_space[images] += gs
         grad_grid[images, rows] = gg
 
-    if cpu_native.available(accumulator(features)):
-        grad_features = _native_backward(grad_out, features, space.unflatten(0, (-1, g)), offsets, k, s, store)
-    else:
-        grad_features = _reassemble_backward(grad_out, features, block, store, k, g, s)
+    grad_features = _reassemble_backward(grad_out, features, block, store, k, g, s)
     grad_logits, grad_offsets = reference._logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s)
     return grad_features, grad_logits, grad_offsets

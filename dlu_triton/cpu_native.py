@@ -82,7 +82,8 @@ def library():
             for suffix in SUFFIXES.values():
                 forward, backward = getattr(lib, "reassemble" + suffix), getattr(lib, "reassemble_backward" + suffix)
                 forward.argtypes = [*tensors, pointer, *ints * 3, *ints * 6]
-                backward.argtypes = [*tensors, pointer, *ints * 3, pointer, *ints * 3, pointer, *ints * 4, *ints * 8]
+                backward.argtypes = [*tensors, pointer, *ints * 3, pointer, *ints * 3, pointer, *ints * 4, pointer, pointer,
+                                     *ints * 3, *ints * 6]
                 forward.restype = backward.restype = ctypes.c_int
             return lib
     return None
@@ -113,13 +114,20 @@ def reassemble(features, kernels, offsets, out, kernel_size, scale_factor):
               kernels.shape[0], scale_factor))
 
 
-def reassemble_backward(grad_out, features, kernels, offsets, grad_features, grad_kernels, kernel_size, scale_factor,
-                        y0, y1):
-    """The backward of `reassemble` for source rows y0 .. y1: their contributions added to
-    grad_features [C, H, W], and the kernels' gradient of their output rows written to
-    grad_kernels [G, k*k, (y1-y0)*s, W*s]."""
+def reassemble_backward(grad_out, features, kernels, offsets, grad_features, grad_kernels, kernel_size, scale_factor):
+    """The backward of `reassemble` for one image: the features' gradient added to grad_features
+    [C, H, W] (zeroed by the caller); grad_kernels CARAFE's masks' gradient [G, k*k, H*s, W*s] to
+    write, or for DLU the pair (the kernel space's gradient [G, k*k, H, W], contiguous and zeroed,
+    added to; the offsets' gradient [2*G*s*s, H, W], written)."""
     c, h, w = features.shape
     fn = getattr(library(), "reassemble_backward" + SUFFIXES[features.dtype])
+    if offsets is None:
+        carafe, dlu = (grad_kernels.data_ptr(), *grad_kernels.stride()), (None, None, 0, 0, 0)
+    else:
+        grad_space, grad_offsets = grad_kernels
+        assert grad_space.is_contiguous()
+        carafe = (None, 0, 0, 0, 0)
+        dlu = (grad_space.data_ptr(), grad_offsets.data_ptr(), *grad_offsets.stride())
     _check(fn(*_tensors(features, kernels, offsets), grad_out.data_ptr(), *grad_out.stride(),
-              grad_features.data_ptr(), *grad_features.stride(), grad_kernels.data_ptr(), *grad_kernels.stride(),
-              c, h, w, kernel_size, kernels.shape[0], scale_factor, y0, y1))
+              grad_features.data_ptr(), *grad_features.stride(), *carafe, *dlu, c, h, w, kernel_size,
+              kernels.shape[0], scale_factor))

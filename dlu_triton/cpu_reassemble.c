@@ -47,6 +47,7 @@
 #include <omp.h>
 #else
 #define omp_get_max_threads() 1
+#define omp_get_thread_num() 0
 #endif
 
 #define T float
@@ -78,9 +79,12 @@ typedef struct {
     int64_t oc, oy, ox;
     T *dx; /* backward: the features' gradient [C, H, W], added to */
     int64_t dc, dh, dw;
-    T *dk; /* backward: the kernels' gradient [G, k*k, rows*s, W*s] from output row y0*s */
+    T *dk; /* CARAFE's backward: the masks' gradient [G, k*k, H*s, W*s] */
     int64_t kg, kt, ky, kx;
-    int64_t C, H, W, k, G, s, y0, y1;
+    T *ds; /* DLU's backward: this thread's share of the kernel space's gradient [G, k*k, H, W], added to */
+    T *dof; /* DLU's backward: the offsets' gradient [2*G*s*s, H, W] */
+    int64_t gc, gy, gx;
+    int64_t C, H, W, k, G, s;
     int64_t r, kk, cpg, wo, tw, pw, most; /* derived: see setup */
 } SUFFIX(call);
 #define CALL SUFFIX(call)
@@ -184,6 +188,48 @@ static void SUFFIX(pack)(const CALL *a, T *kt, int64_t g, int64_t b0, int64_t b1
     }
 }
 
+/* DLU's sampling backward for the tile pack sampled: dK (gt, as pack lays kt out) into the kernel
+   space's gradient (this thread's ds, contiguous [G, k*k, H, W]) and the offsets' gradient, as
+   grid_sample's backward and the reference's chain give them: corners outside the image take
+   nothing and count as 0; a position clamped to the border, or on it, has no gradient (the clip's
+   derivative); a NaN point sends nothing back and gets a NaN gradient. */
+static void SUFFIX(unpack)(const CALL *a, const T *gt, T *ds, int64_t g, int64_t b0, int64_t b1, int64_t xo0,
+                           int64_t valid) {
+    const int64_t s = a->s, tw = a->tw, kk = a->kk, W = a->W, H = a->H, plane = H * W;
+    for (int64_t row = 0; row < (b1 - b0) * s; row++) {
+        const T *d = gt + row * kk * tw;
+        const int64_t y = b0 + row / s, sy = row % s, cx = (2 * g * s + sy) * s, cy = cx + s * s;
+        const T *offs = a->off + y * a->fy;
+        for (int64_t l = 0, x = xo0 / s, sx = xo0 % s; l < valid; l++, sx = sx + 1 < s ? sx + 1 : (x++, 0)) {
+            T *gox = a->dof + (cx + sx) * a->gc + y * a->gy + x * a->gx, *goy = gox + s * s * a->gc;
+            const T rx = x + offs[(cx + sx) * a->fc + x * a->fx], ry = y + offs[(cy + sx) * a->fc + x * a->fx];
+            if (rx != rx || ry != ry) {
+                *gox = *goy = rx + ry;
+                continue;
+            }
+            const T px = rx < 0 ? 0 : rx > W - 1 ? W - 1 : rx, py = ry < 0 ? 0 : ry > H - 1 ? H - 1 : ry;
+            const int64_t ix = (int64_t)px, iy = (int64_t)py, right = ix + 1 < W, down = iy + 1 < H;
+            const T fx1 = px - ix, fy1 = py - iy, fx0 = 1 - fx1, fy0 = 1 - fy1;
+            const T *p = a->m + g * a->mg + iy * a->my + ix * a->mx;
+            T *q = ds + g * kk * plane + iy * W + ix;
+            T gx = 0, gy = 0;
+            for (int64_t t = 0; t < kk; t++, p += a->mt, q += plane) {
+                const T dt = d[t * tw + l];
+                const T s00 = p[0], s01 = right ? p[a->mx] : 0, s10 = down ? p[a->my] : 0;
+                const T s11 = right && down ? p[a->my + a->mx] : 0;
+                q[0] += fy0 * fx0 * dt;
+                if (right) q[1] += fy0 * fx1 * dt;
+                if (down) q[W] += fy1 * fx0 * dt;
+                if (right && down) q[W + 1] += fy1 * fx1 * dt;
+                gx += dt * ((s01 - s00) * fy0 + (s11 - s10) * fy1);
+                gy += dt * ((s10 - s00) * fx0 + (s11 - s01) * fx1);
+            }
+            *gox = gx * (rx > 0 && rx < W - 1); /* zero on the border, and everywhere when W = 1 */
+            *goy = gy * (ry > 0 && ry < H - 1);
+        }
+    }
+}
+
 static inline V SUFFIX(load)(const T *p) {
     V v;
     memcpy(&v, p, sizeof v);
@@ -195,7 +241,7 @@ static inline int64_t SUFFIX(slot)(const CALL *a, int64_t yy, int64_t b0) { retu
 
 /* One (group, band) item: the forward's outputs, or the backward's gradients, of source rows
    b0 .. b1. scratch: kt, then (backward) dK's tile, then the ring(s) of CB * pw-long rows. */
-static void SUFFIX(band)(const CALL *a, T *scratch, int backward, int64_t g, int64_t b0, int64_t b1) {
+static void SUFFIX(band)(const CALL *a, T *scratch, T *ds, int backward, int64_t g, int64_t b0, int64_t b1) {
     const int64_t s = a->s, k = a->k, kk = a->kk, tw = a->tw, pw = a->pw, r = a->r, cpg = a->cpg;
     T *kt = scratch, *gt = kt + a->most * s * kk * tw, *ring = gt + a->most * s * kk * tw, *dring = ring + k * CB * pw;
     for (int64_t xo0 = 0; xo0 < a->wo; xo0 += tw) {
@@ -269,23 +315,27 @@ static void SUFFIX(band)(const CALL *a, T *scratch, int backward, int64_t g, int
                 for (int64_t yy = b1 - r; yy < b1 + r; yy++)
                     SUFFIX(fold)(a, dring + SUFFIX(slot)(a, yy, b0) * CB * pw, ch0, cb, yy, q0);
         }
-        if (backward)
+        if (backward && a->off)
+            SUFFIX(unpack)(a, gt, ds, g, b0, b1, xo0, valid);
+        else if (backward)
             for (int64_t row = 0; row < rows; row++)
                 for (int64_t t = 0; t < kk; t++) {
-                    T *dst = a->dk + g * a->kg + t * a->kt + ((b0 - a->y0) * s + row) * a->ky + xo0 * a->kx;
+                    T *dst = a->dk + g * a->kg + t * a->kt + (b0 * s + row) * a->ky + xo0 * a->kx;
                     for (int64_t l = 0; l < valid; l++) dst[l * a->kx] = gt[(row * kk + t) * tw + l];
                 }
     }
 }
 
-/* Source rows y0 .. y1 of one image, forward or backward, over OpenMP's threads: bands sized to
-   BAND_BYTES, their count rounded up to fill the threads; the backward's in two waves. Returns
-   0, or -1 when a thread's scratch cannot be allocated. */
+/* One image, forward or backward, over OpenMP's threads: bands sized to BAND_BYTES, their count
+   rounded up to fill the threads; the backward's in two waves. DLU's backward samples anywhere
+   in the kernel space, so each thread adds to a zeroed copy of its gradient, summed into ds at
+   the end in thread order (deterministic for a given thread count). Returns 0, or -1 when
+   scratch memory cannot be allocated. */
 static int SUFFIX(run)(CALL *a, int backward) {
     SUFFIX(setup)(a);
-    const int64_t h = a->y1 - a->y0, threads = omp_get_max_threads(), waves = backward ? 2 : 1;
-    int64_t bands = (h + MAX(1, BAND_BYTES / (int64_t)sizeof(T) / (a->s * a->kk * a->tw)) - 1) /
-                    MAX(1, BAND_BYTES / (int64_t)sizeof(T) / (a->s * a->kk * a->tw));
+    const int64_t h = a->H, threads = omp_get_max_threads(), waves = backward ? 2 : 1;
+    const int64_t rows = MAX(1, BAND_BYTES / (int64_t)sizeof(T) / (a->s * a->kk * a->tw));
+    int64_t bands = (h + rows - 1) / rows;
     /* every wave's items a multiple of the threads, where a few more bands make it so */
     for (int64_t more = 0; more < waves * threads && (bands % waves || (a->G * bands / waves) % threads); more++) bands++;
     if (backward && a->r > 0) bands = MAX(1, MIN(bands, h / (2 * a->r))); /* no two bands of a wave meet */
@@ -293,10 +343,13 @@ static int SUFFIX(run)(CALL *a, int backward) {
     a->most = (h + bands - 1) / bands;
     const int64_t per_wave = (bands + waves - 1) / waves;
     const size_t scratch = (size_t)(2 * a->most * a->s * a->kk * a->tw + 2 * a->k * CB * a->pw);
+    const size_t space = backward && a->off ? (size_t)(a->G * a->kk * a->H * a->W) : 0;
+    T *shares = space ? calloc((size_t)threads * space, sizeof(T)) : NULL;
+    if (space && !shares) return -1;
     int failed = 0;
 #pragma omp parallel
     {
-        T *mine = malloc(sizeof(T) * scratch);
+        T *mine = malloc(sizeof(T) * scratch), *ds = shares ? shares + (size_t)omp_get_thread_num() * space : NULL;
         if (!mine) {
 #pragma omp atomic write
             failed = 1;
@@ -305,12 +358,20 @@ static int SUFFIX(run)(CALL *a, int backward) {
 #pragma omp for schedule(static)
             for (int64_t item = 0; item < a->G * per_wave; item++) {
                 const int64_t g = item / per_wave, b = (item % per_wave) * waves + wave;
-                if (mine && b < bands)
-                    SUFFIX(band)(a, mine, backward, g, a->y0 + b * h / bands, a->y0 + (b + 1) * h / bands);
+                if (mine && b < bands) SUFFIX(band)(a, mine, ds, backward, g, b * h / bands, (b + 1) * h / bands);
             }
         }
         free(mine);
+        if (shares) {
+#pragma omp for schedule(static)
+            for (size_t e = 0; e < space; e++) {
+                T sum = 0;
+                for (int64_t t = 0; t < threads; t++) sum += shares[(size_t)t * space + e];
+                a->ds[e] += sum;
+            }
+        }
     }
+    free(shares);
     return failed ? -1 : 0;
 }
 
@@ -320,21 +381,22 @@ int SUFFIX(reassemble)(const T *x, int64_t xc, int64_t xh, int64_t xw, const T *
                        int64_t ox, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s) {
     CALL a = {.x = x, .xc = xc, .xh = xh, .xw = xw, .m = m, .mg = mg, .mt = mt, .my = my, .mx = mx, .off = off,
               .fc = fc, .fy = fy, .fx = fx, .o = o, .oc = oc, .oy = oy, .ox = ox,
-              .C = C, .H = H, .W = W, .k = k, .G = G, .s = s, .y0 = 0, .y1 = H};
+              .C = C, .H = H, .W = W, .k = k, .G = G, .s = s};
     return SUFFIX(run)(&a, 0);
 }
 
-/* The backward of one image's source rows y0 .. y1: dK of their output rows, and their
-   contributions added to dX. */
+/* The backward of one image: dX added to dx (zeroed by the caller); CARAFE's masks' gradient
+   written to dk, or DLU's kernel space's gradient added to ds (contiguous, zeroed by the caller)
+   and its offsets' gradient written to dof. */
 int SUFFIX(reassemble_backward)(const T *x, int64_t xc, int64_t xh, int64_t xw, const T *m, int64_t mg, int64_t mt,
                                 int64_t my, int64_t mx, const T *off, int64_t fc, int64_t fy, int64_t fx, const T *dy,
                                 int64_t oc, int64_t oy, int64_t ox, T *dx, int64_t dc, int64_t dh, int64_t dw, T *dk,
-                                int64_t kg, int64_t kt, int64_t ky, int64_t kx, int64_t C, int64_t H, int64_t W,
-                                int64_t k, int64_t G, int64_t s, int64_t y0, int64_t y1) {
+                                int64_t kg, int64_t kt, int64_t ky, int64_t kx, T *ds, T *dof, int64_t gc, int64_t gy,
+                                int64_t gx, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s) {
     CALL a = {.x = x, .xc = xc, .xh = xh, .xw = xw, .m = m, .mg = mg, .mt = mt, .my = my, .mx = mx, .off = off,
               .fc = fc, .fy = fy, .fx = fx, .o = (T *)dy, .oc = oc, .oy = oy, .ox = ox, .dx = dx, .dc = dc,
-              .dh = dh, .dw = dw, .dk = dk, .kg = kg, .kt = kt, .ky = ky, .kx = kx,
-              .C = C, .H = H, .W = W, .k = k, .G = G, .s = s, .y0 = y0, .y1 = y1};
+              .dh = dh, .dw = dw, .dk = dk, .kg = kg, .kt = kt, .ky = ky, .kx = kx, .ds = ds, .dof = dof,
+              .gc = gc, .gy = gy, .gx = gx, .C = C, .H = H, .W = W, .k = k, .G = G, .s = s};
     return SUFFIX(run)(&a, 1);
 }
 #undef CALL

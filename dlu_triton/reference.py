@@ -108,11 +108,16 @@ def _grid_sample_backward(grad_masks, space, grid):
     return torch.ops.aten.grid_sampler_2d_backward(grad_masks, space, grid, 0, 1, True, [True, True])  # 0: bilinear, 1: border
 
 
+def _softmax_backward(grad_space, space):
+    """The kernel space's gradient [N*G, k*k, H, W] back through its softmax over the taps."""
+    return space * (grad_space - (space * grad_space).sum(1, keepdim=True))
+
+
 def _logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, group_size, scale_factor):
     """The softmax's and the sampling grid's gradients back to the logits and the offsets."""
     n, _, h, w = kernel_logits.shape
     g, s = group_size, scale_factor
-    grad_logits = space * (grad_space - (space * grad_space).sum(1, keepdim=True))
+    grad_logits = _softmax_backward(grad_space, space)
     # d grid / d offset is the normalisation's slope (zero for a single pixel).
     gx = grad_grid[..., 0] * (2.0 / (w - 1) if w > 1 else 0.0)
     gy = grad_grid[..., 1] * (2.0 / (h - 1) if h > 1 else 0.0)

@@ -65,16 +65,25 @@ def test_dlu(shape, blocks):
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("shape", [(1, 16, 2, 9, 3, 2, 2), (1, 24, 37, 5, 5, 3, 2)], ids=str)
 def test_threads(shape, threads):
-    """Fewer rows than threads, and a band count that must round up to a multiple of them."""
+    """Fewer rows than threads, and a band count that must round up to a multiple of them (the
+    backward's two waves, and its per-thread shares of the kernel space's gradient, summed in
+    thread order: bitwise the same twice)."""
     n, c, h, w, k, g, s = shape
     inputs = dlu_inputs(n, c, h, w, k, g, s)
+    dy = grads(n, c, h, w, s)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         out = cpu.dlu_upsample(*inputs, k, g, s)
+        got = cpu.dlu_upsample_backward(dy, *inputs, k, g, s)
+        again = cpu.dlu_upsample_backward(dy, *inputs, k, g, s)
     finally:
         torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(got, again)), "not deterministic for a given thread count"
     assert_close("dlu", out, reference.dlu_upsample(*inputs, k, g, s))
+    for name, a, b in zip(("grad features", "grad logits", "grad offsets"), got,
+                          reference.dlu_upsample_backward(dy, *inputs, k, g, s)):
+        assert_close(name, a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
