@@ -1,7 +1,8 @@
 """The paths that run without the Triton kernels, on this machine's CPU: `dlu_upsample` and
 `carafe` forward and forward+backward on the CPU path (dlu_triton.cpu: its compiled kernel, and
-for DLU also the gathers it falls back to without a C compiler), the PyTorch reference beside them, bilinear upsampling for scale, the `DLU` module eager, and the `DLU` module exported
-to ONNX (dlu_triton.export) in onnxruntime, beside the export of the reference's composition
+for DLU also the gathers it falls back to without a C compiler), the PyTorch reference beside
+them, bilinear upsampling for scale, the `DLU` module eager, and the `DLU` module exported to
+ONNX (dlu_triton.export) in onnxruntime, beside the export of the reference's composition
 (unfold, full mask, einsum: what export wrote before).
 
     python benchmarks/cpu_paths.py [--reps 5] [--json FILE]
