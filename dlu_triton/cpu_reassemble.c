@@ -11,7 +11,8 @@
        dX[c, yy, q]     = sum of K[g, t, yo, xo] * dY[c, yo, xo] over the (t, yo, xo) that read (yy, q)
 
    (the forward's products, so NaN and Inf land where the reference puts them; what falls on the
-   padding is dropped, as fold drops it). DLU's K is sampled here from its kernel space: see pack.
+   padding is dropped, as fold drops it). DLU's K is sampled here from its kernel space (see
+   pack), and dK goes back through that sampling to the kernel space and the offsets (unpack).
 
    Vectorised over output columns. A tile is TW output columns (a multiple of s) of a band of
    source rows; its kernels are packed once ([row][tap][TW], zero past the image), a band's worth
@@ -26,7 +27,9 @@
    Threads: (group, band) items are shared out by OpenMP. The library links libgomp.so.1, so in a
    process where torch has loaded its libgomp it runs on torch's own threads. The backward's bands
    also write dX rows r either side of themselves, so they run in two waves, even bands then odd,
-   with bands at least 2r rows high: no two bands of a wave touch the same row.
+   with bands at least 2r rows high: no two bands of a wave touch the same row. DLU's offsets can
+   send a pixel's kernel anywhere in the kernel space, so each thread adds that gradient to a
+   share of its own (see run).
 
    dlu_triton/cpu_native.py compiles this file at first use and calls it through ctypes. The body
    below is compiled twice, for float and for double: the file includes itself. */
