@@ -3,6 +3,7 @@
     python benchmarks/compile_report.py [--layouts] [--loops]      # without TRITON_INTERPRET
     python benchmarks/compile_report.py --smoke                     # every kernel at small shapes (CI)
     python benchmarks/compile_report.py --matrix [TARGET ...]       # the smoke launches for every GPU target (CI)
+    python benchmarks/compile_report.py --matrix --machine-code FILE  # and each launch's machine code digest
 
 The launchers run as usual on CPU tensors of the benchmark anchors' shapes until the launch,
 which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
@@ -23,9 +24,15 @@ NVIDIA sm_75 to sm_120 and AMD gfx90a, gfx942, gfx950, with the launchers' per-b
 (`common.backend`, `common.dot_precision`) taken for that target's backend. It prints one table
 row a target (kernels compiled, failures, the largest shared memory a launch asks for against
 that target's per-block limit, the most registers, the launches with spills) and exits 1 if any
-launch fails to compile or asks for more shared memory than its target has.
+launch fails to compile or asks for more shared memory than its target has. With --machine-code
+FILE it also writes, per target and launch, a digest of the machine code (NVIDIA SASS from
+cuobjdump, AMD assembly) with source locations left out: two trees whose files differ in
+comments, docstrings or module layout only give the same FILE, so such a change needs no GPU
+measurement (compare two FILEs with `cmp`).
 """
 import collections
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -185,6 +192,28 @@ def registers_and_spills(k, target):
     return int(meta["vgpr_count"]), int(meta["vgpr_spill_count"]) + int(meta["sgpr_spill_count"])
 
 
+def machine_code(k, target):
+    """A compiled kernel's machine code without source locations: SASS on NVIDIA, the AMD
+    assembly's instructions and metadata on AMD (its .loc/.file lines and debug sections left out)."""
+    if target.backend == "cuda":
+        text = cuobjdump(k.asm["cubin"], "-sass")
+        return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//##"))
+    lines, debug = [], False
+    for line in k.asm["amdgcn"].splitlines():
+        if line.lstrip().startswith(".section"):
+            debug = ".debug" in line
+        if not debug and not re.match(r"\s*\.(loc|file)\b", line):
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def launch_name(fn, src, options):
+    """A launch's identity that survives edits elsewhere in its source: the kernel and its
+    specialisation (argument types, constants, alignment attributes, options)."""
+    constants = {k: str(v) for k, v in src.constants.items()}
+    return f"{fn.__name__} {src.signature} {constants} {src.attrs} {sorted(options.items())}"
+
+
 def launchers(shapes, deterministic=False):
     """(label, call) for each launcher call at these shapes: both ops' forward and backward, and
     with `deterministic` the deterministic DLU backward too."""
@@ -208,8 +237,9 @@ def launchers(shapes, deterministic=False):
             yield f"{name} {shape}", call
 
 
-def matrix(names):
-    """The smoke launches compiled for each target; a markdown table, and False if any failed."""
+def matrix(names, digests=None):
+    """The smoke launches compiled for each target; a markdown table, and False if any failed.
+    Given a dict `digests`, it receives {target: {launch: machine code digest}}."""
     print(f"triton {triton.__version__}, torch {torch.__version__}\n")
     print("| target | launches compiled | failed | max shared (limit) | max registers | launches with spills |")
     print("|---|---|---|---|---|---|")
@@ -231,6 +261,9 @@ def matrix(names):
                 failed += 1
                 errors.append(f"{fn.__name__}: {str(e).strip().splitlines()[-1][:200]}")
                 continue
+            if digests is not None:
+                code = machine_code(k, target).encode()
+                digests.setdefault(name, {})[launch_name(fn, src, options)] = hashlib.sha256(code).hexdigest()
             r, spill = registers_and_spills(k, target)
             shared, regs = max(shared, k.metadata.shared), max(regs, r)
             if spill:
@@ -264,8 +297,15 @@ def main():
         sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # time the compile, not a cache hit
     if "--matrix" in sys.argv[1:]:
-        names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(common.TARGETS)
-        sys.exit(0 if matrix(names) else 1)
+        args = sys.argv[1:]
+        out = args.pop(args.index("--machine-code") + 1) if "--machine-code" in args else None
+        names = [a for a in args if not a.startswith("--")] or list(common.TARGETS)
+        digests = {} if out else None
+        ok = matrix(names, digests)
+        if out:
+            with open(out, "w") as f:
+                json.dump(digests, f, indent=1, sort_keys=True)
+        sys.exit(0 if ok else 1)
     layouts = "--layouts" in sys.argv[1:]
     sass_loops = "--loops" in sys.argv[1:]
     smoke = "--smoke" in sys.argv[1:]
