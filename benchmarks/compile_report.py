@@ -19,9 +19,9 @@ access whose lanes run along an axis that is not contiguous in memory costs a 32
 element); with --loops also each SASS loop's length and its FFMAs, global loads and barriers. For forward v6 with
 triton 3.6 this gives the 122 registers ncu measured on the H100.
 
---matrix compiles the smoke launches for each target of `common.TARGETS` (or those named):
+--matrix compiles the smoke launches for each target of `kernels.targets.TARGETS` (or those named):
 NVIDIA sm_75 to sm_120 and AMD gfx90a, gfx942, gfx950, with the launchers' per-backend choices
-(`common.backend`, `common.dot_precision`) taken for that target's backend. It prints one table
+(`targets.backend`, `targets.dot_precision`) taken for that target's backend. It prints one table
 row a target (kernels compiled, failures, the largest shared memory a launch asks for against
 that target's per-block limit, the most registers, the launches with spills) and exits 1 if any
 launch fails to compile or asks for more shared memory than its target has. With --machine-code
@@ -45,7 +45,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from dlu_triton.kernels import backward, common, forward
+from dlu_triton.kernels import backward, forward, kernel_space, targets
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -54,7 +54,7 @@ def gpu_target(name):
     """sm_90 -> NVIDIA's target, gfx942 -> AMD's (64-lane wavefronts)."""
     return GPUTarget("cuda", int(name[3:]), 32) if name.startswith("sm_") else GPUTarget("hip", name, 64)
 POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64", torch.int64: "*i64"}
-KERNELS = (common._kernel_space_kernel, forward._reassemble_kernel, backward._mask_grad_kernel, backward._mask_grad_dot_kernel,
+KERNELS = (kernel_space._kernel_space_kernel, forward._reassemble_kernel, backward._mask_grad_kernel, backward._mask_grad_dot_kernel,
            backward._kernel_grad_kernel, backward._feature_grad_kernel, backward._feature_grad_sums_kernel,
            backward._feature_grad_gather_kernel, backward._logit_grad_out_kernel)
 
@@ -246,7 +246,7 @@ def matrix(names, digests=None):
     ok = True
     for name in names:
         target = gpu_target(name)
-        common.backend = lambda device, _b=target.backend: _b  # the launchers' per-backend choices
+        targets.backend = lambda device, _b=target.backend: _b  # the launchers' per-backend choices
         seen, failed, shared, regs, spills, errors, names_seen = set(), 0, 0, 0, [], [], set()
         for fn, args, kwargs in (launch for _, call in launchers(SMOKE, True) for launch in caught_launches(call)):
             src, options = specialise(fn, args, kwargs)
@@ -268,7 +268,7 @@ def matrix(names, digests=None):
             shared, regs = max(shared, k.metadata.shared), max(regs, r)
             if spill:
                 spills.append(f"{fn.__name__} ({spill})")
-        limit = common.TARGETS[name]
+        limit = targets.TARGETS[name]
         ok &= not failed and shared <= limit
         print(f"| {name} | {len(seen) - failed} | {failed} | {shared} ({limit}){'' if shared <= limit else ' OVER'} | "
               f"{regs} | {', '.join(spills) or 'none'} |", flush=True)
@@ -299,7 +299,7 @@ def main():
     if "--matrix" in sys.argv[1:]:
         args = sys.argv[1:]
         out = args.pop(args.index("--machine-code") + 1) if "--machine-code" in args else None
-        names = [a for a in args if not a.startswith("--")] or list(common.TARGETS)
+        names = [a for a in args if not a.startswith("--")] or list(targets.TARGETS)
         digests = {} if out else None
         ok = matrix(names, digests)
         if out:

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from dlu_triton import benchmark as B
 from dlu_triton import ops
-from dlu_triton.kernels import backward, common, forward
+from dlu_triton.kernels import backward, forward, kernel_space
 
 ROUNDS, REPS = 3, 200
 
@@ -48,7 +48,7 @@ def calls(device):
     k, g, s = 5, 1, 2
     x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, g, s, device)
     grad = torch.randn(n, c, s * h, s * w, device=device)
-    space = common.kernel_space(logits, g, k)
+    space = kernel_space.kernel_space(logits, g, k)
     dk, k_out = torch.empty_like(masks), torch.empty_like(masks)
     dlogits, doffsets, dx = torch.zeros_like(logits)[None], torch.empty_like(offsets), torch.empty_like(x)
     zeroed = torch.empty_like(space)[None]
@@ -59,8 +59,8 @@ def calls(device):
         "bare Triton launch, 3 arguments": lambda: _copy3[(1,)](a, b, 1024, BLOCK=1024),
         "bare Triton launch, 28 arguments": lambda: _copy28[(1,)](a, b, *range(20), 1, 1, 1, 1, 1024, BLOCK=1024, X=3),
         "bare PyTorch launch (a.add(1))": lambda: a.add(1),
-        "kernel space (launcher)": lambda: common.kernel_space(logits, g, k),
-        "kernel space + zero fill (the backward's)": lambda: common.kernel_space(logits, g, k, zeroed=zeroed),
+        "kernel space (launcher)": lambda: kernel_space.kernel_space(logits, g, k),
+        "kernel space + zero fill (the backward's)": lambda: kernel_space.kernel_space(logits, g, k, zeroed=zeroed),
         "launcher: forward (_reassemble)": lambda: forward._launch(x, space, offsets, k, g, s),
         "launcher: mask gradient": lambda: backward._mask_grad(grad, x, dk, k, g, s),
         "launcher: kernel gradient": lambda: backward._kernel_grad(

@@ -1,4 +1,4 @@
-"""Forward tile sweep through the forward's one block hook (common.forward_blocks).
+"""Forward tile sweep through the forward's one block hook (tuning.forward_blocks).
 
     python benchmarks/sweep_blocks.py            # N2 C256, 256x256 output, k5, float32, on CUDA
 
@@ -11,7 +11,7 @@ import triton
 
 from dlu_triton import benchmark as B
 from dlu_triton import ops
-from dlu_triton.kernels import common, forward
+from dlu_triton.kernels import forward, tuning
 
 n, c, k, out_size = 2, 256, 5, 256
 bw = B.copy_bandwidth("cuda")
@@ -22,7 +22,7 @@ for s in (2, 16, 4, 8):
     h = w = out_size // s
     x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, 1, s, "cuda")
     floor = B.dlu_bytes(n, c, h, w, k, 1, s, 4) / bw * 1e3
-    chosen = common.forward_blocks(c, w, s)
+    chosen = tuning.forward_blocks(c, w, s)
     sxp = triton.next_power_of_2(s)
     for bc, bp, bsy, warps in itertools.product([32, 64, 128], [1, 2, 4, 8, 16, 32], [1, 2, 4, 8], [4, 8]):
         if bc * bp * bsy * sxp not in (4096, 8192) or bp > w or bsy > sxp or bsy * sxp > 64:
@@ -36,4 +36,4 @@ for s in (2, 16, 4, 8):
             continue
         mark = " (chosen)" if (bc, bp, bsy, warps) == chosen else ""
         print(f"| {s} | {bc} | {bp} | {bsy} | {warps}{mark} | {t_dlu:.3f} | {t_car:.3f} | {floor / t_dlu:.0%} |", flush=True)
-forward.forward_blocks = common.forward_blocks
+forward.forward_blocks = tuning.forward_blocks

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu_native, reference
-from .kernels.common import accumulator, new_output
+from .kernels.launch import accumulator, new_output
 
 BLOCK_BYTES = 1 << 20  # output bytes a forward block computes at once (a cache's worth)
 CHUNK_BLOCKS = 8  # forward blocks in a backward block and in a forward fetch of kernels: fewer, larger calls

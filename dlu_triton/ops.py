@@ -7,7 +7,7 @@ plain autograd.Function when nothing needs to see the op (`_call`): the host tim
 what both modules wait on. Dispatch, by the features' device:
 
 - CUDA (float32, float16, bfloat16): the fused Triton kernels, on the tensors' own device, on a
-  GPU that the compile matrix covers (`kernels.common.TARGETS`: NVIDIA from sm_75, AMD gfx90a,
+  GPU that the compile matrix covers (`kernels.targets.TARGETS`: NVIDIA from sm_75, AMD gfx90a,
   gfx942, gfx950) with a Triton that has its backend; any other GPU gets a RuntimeError naming
   it and the way out before anything launches;
 - CPU with TRITON_INTERPRET=1: the same Triton kernels in Triton's interpreter;
@@ -30,7 +30,8 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from . import cpu, reference
 from .kernels import backward as bwd_kernels
 from .kernels import forward as fwd_kernels
-from .kernels.common import TARGETS, backend, new_output, output_format
+from .kernels.launch import new_output, output_format
+from .kernels.targets import TARGETS, backend
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -17,7 +17,7 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
    lands on corners that the offsets choose, so it is scattered with fp32 atomics (fp64 for fp64
    inputs), whose order, and so whose last bits, vary run to run. Each kernel-space value takes
    about 4*s*s of them, and same-address atomics serialise, so at s >= 8 output row oy adds into
-   copy oy % copies of the accumulator (common.logit_grad_copies), summed in step 4. The deterministic variant
+   copy oy % copies of the accumulator (tuning.logit_grad_copies), summed in step 4. The deterministic variant
    (under torch.use_deterministic_algorithms) instead stores each point's four corner shares
    with their target rows, and torch's index_add_, deterministic in that mode, sums them in a
    fixed order. This step also writes K, which step 3 needs; it lives only during backward.
@@ -32,13 +32,13 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
 
 Tiles. The kernels take s as a compile-time constant.
 Step 1 at s >= 2 (k >= 3): the mask gradient is a matrix product on the tensor cores,
-[sub-pixels, taps] = DY @ X, BLOCK_C channels a step (common.mask_grad_dot_blocks). At s >= 8 a
+[sub-pixels, taps] = DY @ X, BLOCK_C channels a step (tuning.mask_grad_dot_blocks). At s >= 8 a
 program takes one source pixel and BLOCK_SY sub-pixel rows (64 sub-pixels a product); at
 s = 2..7 it takes BLOCK_P = 32 / (BLOCK_SY * pow2(s)) consecutive source pixels, whose taps share
 a window of k rows of BLOCK_P + k - 1 features: the product is [their sub-pixels, window taps],
 and each row stores the band of taps that are its own. A float32 operand takes three tf32
 products (tf32x3, about float32's accuracy); float16 and bfloat16 values are exact in tf32, so a
-product of those alone takes one (common.dot_precision).
+product of those alone takes one (targets.dot_precision).
 Step 1 otherwise (s = 1 or k = 1): a one-warp program per (output row, BLOCK_P source pixels,
 SXB sub-pixel columns, group), a pixel a lane. It loops over the group's channels one at a time:
 loads the channel's dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P],
@@ -57,7 +57,7 @@ memory at every tap).
 Step 2: one program per (output row, BLOCK_P source pixels x s sub-pixel columns, group), the
 columns as one contiguous run.
 Step 3 at s >= 8 (k >= 3): a program per (source pixel, BLOCK_C channels) computes Z_q on the
-tensor cores, 64 sub-pixels a step (common.pixel_product_blocks); a second launch gathers
+tensor cores, 64 sub-pixels a step (tuning.pixel_product_blocks); a second launch gathers
 each pixel's k*k tap sums [BLOCK_C, BLOCK_P] and writes dx. Below s = 8, Z would cost more
 traffic than dy, and:
 Step 3: one program per (input row, window of BLOCK_P source pixels, BLOCK_C channels). For
@@ -76,11 +76,29 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (
-    LAUNCH, TIES_LAST, acc_dtype, accumulator, atomic_add_lanes_first, cdiv, channel_mask, corner_probs,
-    dot_add, dot_precision, even_channels, feature_grad_blocks, index_dtype, kernel_grad_pixels, kernel_space,
-    load_lanes_first, logit_grad_copies, mask_grad_blocks, mask_grad_dot_blocks, new_output, new_space,
-    pixel_product_blocks, pixel_tile, pow2, sampling_point, subpixel_columns, taps_padded, window, window_taps,
+from .kernel_space import kernel_space, new_space
+from .launch import acc_dtype, accumulator, cdiv, index_dtype, new_output, pow2, taps_padded
+from .sampling import corner_probs, sampling_point
+from .targets import TIES_LAST, dot_precision
+from .tiles import (
+    atomic_add_lanes_first,
+    channel_mask,
+    dot_add,
+    even_channels,
+    load_lanes_first,
+    pixel_tile,
+    subpixel_columns,
+    window,
+    window_taps,
+)
+from .tuning import (
+    LAUNCH,
+    feature_grad_blocks,
+    kernel_grad_pixels,
+    logit_grad_copies,
+    mask_grad_blocks,
+    mask_grad_dot_blocks,
+    pixel_product_blocks,
 )
 
 
@@ -174,12 +192,12 @@ def _mask_grad_dot_kernel(
     S: tl.constexpr,  # scale factor
     SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
-    WTP: tl.constexpr,  # window taps k * (k + BLOCK_P - 1), padded to a power of two (common.window_taps)
+    WTP: tl.constexpr,  # window taps k * (k + BLOCK_P - 1), padded to a power of two (tiles.window_taps)
     BLOCK_SY: tl.constexpr,  # sub-pixel rows per program
     BLOCK_P: tl.constexpr,  # consecutive source pixels per program (their columns share one window)
     BLOCK_C: tl.constexpr,  # channels per product (its inner dimension)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
-    PRECISION: tl.constexpr,  # tl.dot input precision (common.dot_precision)
+    PRECISION: tl.constexpr,  # tl.dot input precision (targets.dot_precision)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -225,7 +243,7 @@ def _kernel_grad_kernel(
     ATOMIC: tl.constexpr,  # 1 adds the logits' gradient with atomics, 0 stores corner shares
     COPIES: tl.constexpr,  # accumulator copies (ATOMIC): output row oy adds into copy oy % COPIES
     BLOCK_P: tl.constexpr,  # source pixels per program (each with its s sub-pixel columns)
-    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied load axes
+    TIES_LAST: tl.constexpr,  # targets.TIES_LAST: the installed Triton's rule for tied load axes
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -306,7 +324,7 @@ def _feature_grad_kernel(
     BLOCK_P: tl.constexpr,  # source pixels (of one row) in a program's window
     BLOCK_C: tl.constexpr,  # channels per program (within one group)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the dy loads need no channel mask
-    TIES_LAST: tl.constexpr,  # common.TIES_LAST: the installed Triton's rule for tied load axes
+    TIES_LAST: tl.constexpr,  # targets.TIES_LAST: the installed Triton's rule for tied load axes
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):
@@ -389,7 +407,7 @@ def _feature_grad_sums_kernel(
     BLOCK_SY: tl.constexpr,  # sub-pixel rows a step (BLOCK_SY * SXP sub-pixels, the product's inner dimension)
     BLOCK_C: tl.constexpr,  # channels per program (the product's rows)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the loads need no channel mask
-    PRECISION: tl.constexpr,  # tl.dot input precision (common.dot_precision)
+    PRECISION: tl.constexpr,  # tl.dot input precision (targets.dot_precision)
     ACC: tl.constexpr,  # accumulator dtype
     IDX: tl.constexpr,  # index dtype
 ):

@@ -8,7 +8,7 @@ d_j = (j // k - k//2, j % k - k//2), j in [0, k*k):
     out[c, o] = sum_j K[g, j, o] * x[c, q + d_j]          (x = 0 outside the image)
 
 CARAFE loads K from `masks`. DLU first takes the kernel space P = softmax over each low-resolution
-pixel's k*k logits (one small launch, G*k*k*H*W values), then builds K in registers (common.py has
+pixel's k*k logits (one small launch, G*k*k*H*W values), then builds K in registers (sampling.py has
 the sampling):
 
     K[g, j, o] = sum_corners w_c * P[g*k*k + j, c]
@@ -37,10 +37,11 @@ The forward has no tensor-core product: one at s >= 8 (out_q = X_q @ K_q per sou
 import triton
 import triton.language as tl
 
-from .common import (
-    LAUNCH, acc_dtype, cdiv, channel_mask, even_channels, forward_blocks, index_dtype, kernel_space, new_output,
-    pow2, sampled_kernel, sampling_point, subpixel_columns,
-)
+from .kernel_space import kernel_space
+from .launch import acc_dtype, cdiv, index_dtype, new_output, pow2
+from .sampling import sampled_kernel, sampling_point
+from .tiles import channel_mask, even_channels, subpixel_columns
+from .tuning import LAUNCH, forward_blocks
 
 
 @triton.jit(do_not_specialize=["H", "W", "CPG"])

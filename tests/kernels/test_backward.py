@@ -5,7 +5,7 @@ import torch
 import triton.language as tl
 
 from dlu_triton import reference
-from dlu_triton.kernels import backward, common
+from dlu_triton.kernels import backward, launch
 
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
@@ -46,7 +46,7 @@ def test_backward_scale_factors(kernel_device, shape):
 
 @pytest.mark.parametrize("ties_last", [0, 1])
 def test_backward_both_tie_rules(kernel_device, ties_last, monkeypatch):
-    """Both load orders that common.TIES_LAST picks between (the installed Triton takes one): the
+    """Both load orders that targets.TIES_LAST picks between (the installed Triton takes one): the
     kernel gradient's corner gathers and, at an odd s, the features gradient's dy tile."""
     monkeypatch.setattr(backward, "TIES_LAST", ties_last)
     check_backward(SCALES[0], kernel_device)
@@ -145,7 +145,7 @@ BANDED = [(1, 20, 3, 11, 3, 2, 2), (1, 8, 2, 9, 5, 1, 3), (2, 6, 3, 5, 5, 1, 1),
 
 def banded_rows(s):
     """BLOCK_SY for 8-pixel programs: at least 16 columns (8 pixels x padded s) a product."""
-    return max(1, 16 // (8 * common.pow2(s)))
+    return max(1, 16 // (8 * launch.pow2(s)))
 
 
 @pytest.mark.parametrize("shape", BANDED, ids=str)

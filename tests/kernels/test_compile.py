@@ -4,12 +4,14 @@ Triton's interpreter runs the kernels' Python, and it accepts constructs that th
 rejects, such as a global written `X: tl.constexpr = ...` or `a = b = ...` inside a kernel, and
 knows nothing of a backend's limits (AMD's tl.dot has no tf32x3; a GPU generation has less
 shared memory a block than another). So the suite also builds every launch the launchers make
-at small shapes, as the JIT would, for each target of `common.TARGETS`: NVIDIA sm_75 to sm_120
+at small shapes, as the JIT would, for each target of `kernels.targets.TARGETS`: NVIDIA sm_75 to sm_120
 with the ptxas that Triton ships and AMD gfx90a, gfx942, gfx950 with its LLVM
 (`benchmarks/compile_report.py --matrix`, whose table docs/testing.md records). It runs in a
 process of its own, since the compiler needs the kernels without TRITON_INTERPRET.
 """
+import importlib
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,8 @@ from pathlib import Path
 import pytest
 import triton
 
-from dlu_triton.kernels import backward, common, forward
+import dlu_triton.kernels
+from dlu_triton.kernels import targets
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = set(triton.backends.backends)
@@ -35,7 +38,8 @@ def check_matrix(targets):
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and not line.startswith("| target")]
     assert [row.split(" | ")[0][2:] for row in rows] == targets, run.stdout
-    kernels = {name for module in (forward, backward, common) for name in vars(module)
+    modules = [importlib.import_module(f"dlu_triton.kernels.{m.name}") for m in pkgutil.iter_modules(dlu_triton.kernels.__path__)]
+    kernels = {name for module in modules for name in vars(module)
                if name.startswith("_") and name.endswith("_kernel")}
     compiled = next(line for line in run.stdout.splitlines() if line.startswith("kernels: ")).split()[1:]
     missing = sorted(kernels - set(compiled))
@@ -44,9 +48,9 @@ def check_matrix(targets):
 
 @pytest.mark.skipif("nvidia" not in BACKENDS, reason=f"this Triton build has backends {sorted(BACKENDS)} only")
 def test_every_kernel_compiles_for_every_nvidia_target():
-    check_matrix([t for t in common.TARGETS if t.startswith("sm_")])
+    check_matrix([t for t in targets.TARGETS if t.startswith("sm_")])
 
 
 @pytest.mark.skipif(not AMD_LINKS, reason=f"Triton {triton.__version__} has no AMD backend that links without ROCm")
 def test_every_kernel_compiles_for_every_amd_target():
-    check_matrix([t for t in common.TARGETS if t.startswith("gfx")])
+    check_matrix([t for t in targets.TARGETS if t.startswith("gfx")])

@@ -47,7 +47,7 @@ def test_forward_scale_factors(kernel_device, shape):
     check_forward(shape, kernel_device)
 
 
-# The matrix products of the backward (common.pixel_product_blocks, mask_grad_dot_blocks, tests
+# The matrix products of the backward (tuning.pixel_product_blocks, mask_grad_dot_blocks, tests
 # in test_backward.py), here through the forward too: channel blocks with a partial last one (40
 # and 20 channels a group) and an exact one (32), several steps of sub-pixel rows (s = 12, 16), s
 # padded to a power of two (s = 3, 5, 12), rows that are not a whole number of the banded
