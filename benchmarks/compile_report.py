@@ -4,6 +4,7 @@
     python benchmarks/compile_report.py --smoke                     # every kernel at small shapes (CI)
     python benchmarks/compile_report.py --matrix [TARGET ...]       # the smoke launches for every GPU target (CI)
     python benchmarks/compile_report.py --matrix --machine-code FILE  # and each launch's machine code digest
+    python benchmarks/compile_report.py --candidate DIR [...]       # any of the above for a candidate's kernels
 
 The launchers run as usual on CPU tensors of the benchmark anchors' shapes until the launch,
 which is caught instead of run. Its arguments are specialised as Triton's JIT specialises them
@@ -54,9 +55,16 @@ def gpu_target(name):
     """sm_90 -> NVIDIA's target, gfx942 -> AMD's (64-lane wavefronts)."""
     return GPUTarget("cuda", int(name[3:]), 32) if name.startswith("sm_") else GPUTarget("hip", name, 64)
 POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64", torch.int64: "*i64"}
-KERNELS = (kernel_space._kernel_space_kernel, forward._reassemble_kernel, backward._mask_grad_kernel, backward._mask_grad_dot_kernel,
-           backward._kernel_grad_kernel, backward._feature_grad_kernel, backward._feature_grad_sums_kernel,
-           backward._feature_grad_gather_kernel, backward._logit_grad_out_kernel)
+
+
+def kernels_of(*modules):
+    """The @triton.jit kernels (named _*_kernel) that these modules define or import."""
+    found = {id(v): v for m in modules for name, v in vars(m).items()
+             if name.startswith("_") and name.endswith("_kernel") and isinstance(v, triton.runtime.JITFunction)}
+    return tuple(found.values())
+
+
+KERNELS = kernels_of(kernel_space, forward, backward)
 
 
 def specialise(fn, args, kwargs):
@@ -292,9 +300,22 @@ SMOKE = [(1, 8, 5, 6, 5, 1, 2, torch.float32), (1, 4, 3, 4, 1, 1, 1, torch.float
          (1, 16, 2, 2, 3, 1, 8, torch.bfloat16)]
 
 
+def use_candidate(folder):
+    """Report on a candidate's launchers and kernels (a folder with forward.py and backward.py,
+    as benchmarks/ab.py loads it) instead of the package's."""
+    global forward, backward, KERNELS
+    from benchmarks.ab import load
+    forward, backward = load(folder, 0)
+    KERNELS = kernels_of(kernel_space, forward, backward)
+
+
 def main():
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run without TRITON_INTERPRET=1: the report compiles for the GPU")
+    if "--candidate" in sys.argv[1:]:
+        at = sys.argv.index("--candidate")
+        use_candidate(sys.argv[at + 1])
+        del sys.argv[at:at + 2]
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # time the compile, not a cache hit
     if "--matrix" in sys.argv[1:]:
         args = sys.argv[1:]
