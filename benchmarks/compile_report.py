@@ -54,7 +54,10 @@ TARGET = GPUTarget("cuda", 90, 32)
 def gpu_target(name):
     """sm_90 -> NVIDIA's target, gfx942 -> AMD's (64-lane wavefronts)."""
     return GPUTarget("cuda", int(name[3:]), 32) if name.startswith("sm_") else GPUTarget("hip", name, 64)
-POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64", torch.int64: "*i64"}
+
+
+POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
+           torch.int64: "*i64"}
 
 
 def kernels_of(*modules):
@@ -132,10 +135,13 @@ def memory_layouts(ttgir):
     both to find a tile laid out across the wrong axis by one of them."""
     layouts = dict(re.findall(r"^(#\w+) = #ttg\.\w+<\{(.*)\}>$", ttgir, re.M))
     lines = []
-    for op, shape, layout in re.findall(r"\b(tt\.load|tt\.store|tt\.atomic_rmw)\b.*?tensor<([\dx]+)x!tt\.ptr<\w+>, (#[^>]*>?)>",
-                                        ttgir):
+    access = r"\b(tt\.load|tt\.store|tt\.atomic_rmw)\b.*?tensor<([\dx]+)x!tt\.ptr<\w+>, (#[^>]*>?)>"
+    for op, shape, layout in re.findall(access, ttgir):
         parent = re.search(r"dim = (\d+), parent = (#\w+)", layout)
-        where = f"axis {parent.group(1)} dropped from {layouts[parent.group(2)]}" if parent else layouts.get(layout, layout)
+        if parent:
+            where = f"axis {parent.group(1)} dropped from {layouts[parent.group(2)]}"
+        else:
+            where = layouts.get(layout, layout)
         for long, short in (("sizePerThread", "per thread"), ("threadsPerWarp", "lanes"), ("warpsPerCTA", "warps")):
             where = where.replace(long + " =", short)
         lines.append(f"    {op[3:]:10s} [{shape}]  {where}")
@@ -306,7 +312,8 @@ def use_candidate(folder):
     global forward, backward, KERNELS
     from benchmarks.ab import load
     forward, backward = load(folder, 0)
-    KERNELS = kernels_of(kernel_space, forward, backward)
+    # main's kernels stay caught too: a candidate may launch some of them
+    KERNELS = tuple({id(k): k for k in KERNELS + kernels_of(forward, backward)}.values())
 
 
 def main():
