@@ -150,6 +150,7 @@ def _native(features, kernels, offsets, kernel_size, scale_factor):
     n, c, h, w = features.shape
     s, dtype = scale_factor, accumulator(features)
     x, kernels = features.to(dtype), kernels.to(dtype)
+    cpu_native.check_sizes(x, kernel_size, kernels.shape[1], s)
     offsets = offsets.to(dtype) if offsets is not None else None
     out = new_output(features, (n, c, h * s, w * s), dtype)
     for i in range(n):
@@ -164,6 +165,7 @@ def _native_backward(grad_out, features, kernels, offsets, kernel_size, scale_fa
     n, c, h, w = features.shape
     k, s, g, dtype = kernel_size, scale_factor, kernels.shape[1], accumulator(features)
     x, kernels, dy = features.to(dtype), kernels.to(dtype), grad_out.to(dtype)
+    cpu_native.check_sizes(x, k, g, s, backward=True, dlu=offsets is not None)
     grad = new_output(features, features.shape, dtype).zero_()  # the kernel adds to it
     if offsets is None:
         grad_kernels = new_output(x, (n, g, k * k, h * s, w * s), memory_format=torch.contiguous_format)
@@ -298,7 +300,8 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
         grad_features, (grad_space, grad_offsets) = _native_backward(
             grad_out, features, space.unflatten(0, (-1, g)), offsets, k, s)
         grad_logits = reference._softmax_backward(grad_space.view(space.shape), space.to(grad_space.dtype))
-        return grad_features, grad_logits.reshape(kernel_logits.shape).to(kernel_logits.dtype), grad_offsets.to(offsets.dtype)
+        grad_logits = grad_logits.reshape(kernel_logits.shape).to(kernel_logits.dtype)
+        return grad_features, grad_logits, grad_offsets.to(offsets.dtype)
     space, nan, safe, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
     grad_space = torch.zeros_like(space)
     grad_grid = new_output(safe, safe.shape, memory_format=torch.contiguous_format)

@@ -24,12 +24,17 @@
    dY * E over the channel blocks, and dX's contributions K * dY accumulate in a second ring of
    expanded rows, each folded back (its s copies summed) into dX as it leaves the ring.
 
-   Threads: (group, band) items are shared out by OpenMP. The library links libgomp.so.1, so in a
-   process where torch has loaded its libgomp it runs on torch's own threads. The backward's bands
-   also write dX rows r either side of themselves, so they run in two waves, even bands then odd,
-   with bands at least 2r rows high: no two bands of a wave touch the same row. DLU's offsets can
-   send a pixel's kernel anywhere in the kernel space, so each thread adds that gradient to a
-   share of its own (see run).
+   Threads: (group, band) items are shared out by OpenMP, over as many threads as the caller
+   passes (torch.get_num_threads(): OpenMP's own count is per calling thread, and a new Python
+   thread would get the machine's). The library links libgomp.so.1, so in a process where torch
+   has loaded its libgomp it runs on torch's own threads. The backward's bands also write dX rows
+   r either side of themselves, so they run in two waves, even bands then odd, with bands at
+   least 2r rows high: no two bands of a wave touch the same row. DLU's offsets can send a
+   pixel's kernel anywhere in the kernel space, so each thread adds that gradient to a share of
+   its own (see run).
+
+   Sizes: every product that sizes the scratch is computed with overflow checks (plan), and
+   `allocation` tells the caller beforehand what a call would allocate, or that it overflows.
 
    dlu_triton/cpu_native.py compiles this file at first use and calls it through ctypes. The body
    below is compiled twice, for float and for double: the file includes itself. */
@@ -49,9 +54,12 @@
 #ifdef _OPENMP
 #include <omp.h>
 #else
-#define omp_get_max_threads() 1
 #define omp_get_thread_num() 0
 #endif
+
+/* Checked arithmetic for every product that sizes or indexes memory: true on overflow. */
+#define MUL(x, y, r) __builtin_mul_overflow(x, y, r)
+#define ADD(x, y, r) __builtin_add_overflow(x, y, r)
 
 #define T float
 #define SUFFIX(name) name##_f32
@@ -87,15 +95,43 @@ typedef struct {
     T *ds; /* DLU's backward: this thread's share of the kernel space's gradient [G, k*k, H, W], added to */
     T *dof; /* DLU's backward: the offsets' gradient [2*G*s*s, H, W] */
     int64_t gc, gy, gx;
-    int64_t C, H, W, k, G, s;
-    int64_t r, kk, cpg, wo, tw, pw, most; /* derived: see setup */
+    int64_t C, H, W, k, G, s, threads;
+    int64_t r, kk, cpg, wo, tw, pw, bands, most, scratch, space; /* derived: see plan */
 } SUFFIX(call);
 #define CALL SUFFIX(call)
 
-static void SUFFIX(setup)(CALL *a) {
-    a->r = a->k / 2, a->kk = a->k * a->k, a->cpg = a->C / a->G, a->wo = a->W * a->s;
-    a->tw = a->s * VL * ((TILE + a->s * VL - 1) / (a->s * VL)); /* output columns of a tile */
-    a->pw = a->tw + (a->k - 1) * a->s;                           /* an expanded row's length */
+/* The call's derived sizes: a tile's output columns tw, an expanded row's length pw, the bands
+   (sized to BAND_BYTES, their count rounded up to fill the threads; the backward's in two waves)
+   and the most rows one holds, and what the threads allocate: `scratch` elements each (kt,
+   then in the backward dK's tile, then the ring(s) of CB * pw-long rows) and, with `shares`
+   (DLU's backward), a share of `space` elements of the kernel space's gradient each. Returns
+   0, or -2 when a size overflows 64 bits (cpu_native.py refuses such sizes before calling). */
+static int SUFFIX(plan)(CALL *a, int backward, int shares) {
+#ifndef _OPENMP
+    a->threads = 1;
+#endif
+    a->threads = MAX(1, a->threads);
+    const int64_t s = a->s, k = a->k, h = a->H, threads = a->threads, waves = backward ? 2 : 1;
+    int64_t sv, wide, tile, rings, plane, bytes;
+    a->r = k / 2, a->cpg = a->C / a->G, a->space = 0;
+    if (MUL(k, k, &a->kk) || MUL(a->W, s, &a->wo) || MUL(s, VL, &sv) || ADD(sv, TILE - 1, &wide) ||
+        MUL(sv, wide / sv, &a->tw) || MUL(k - 1, s, &a->pw) || ADD(a->pw, a->tw, &a->pw) || MUL(s, a->kk, &tile) ||
+        MUL(tile, a->tw, &tile)) /* tile: the elements of one source row's kernels */
+        return -2;
+    const int64_t rows = MAX(1, BAND_BYTES / (int64_t)sizeof(T) / tile);
+    int64_t bands = (h + rows - 1) / rows;
+    /* every wave's items a multiple of the threads, where a few more bands make it so */
+    for (int64_t more = 0; more < waves * threads && (bands % waves || (a->G * bands / waves) % threads); more++) bands++;
+    if (backward && a->r > 0) bands = MAX(1, MIN(bands, h / (2 * a->r))); /* no two bands of a wave meet */
+    a->bands = bands = MAX(1, MIN(bands, h));
+    a->most = (h + bands - 1) / bands;
+    if (shares && (MUL(h, a->W, &plane) || MUL(plane, a->kk, &plane) || MUL(plane, a->G, &a->space)))
+        return -2;
+    if (MUL(a->most, tile, &tile) || MUL(tile, 2, &tile) || MUL(a->pw, 2 * k * CB, &rings) ||
+        ADD(tile, rings, &a->scratch) || ADD(a->scratch, a->space, &bytes) || MUL(bytes, threads, &bytes) ||
+        MUL(bytes, (int64_t)sizeof(T), &bytes))
+        return -2;
+    return 0;
 }
 
 /* Rows yy of channels ch0 .. ch0 + cb (zeros for the rest of CB) over the tile's source columns
@@ -329,28 +365,20 @@ static void SUFFIX(band)(const CALL *a, T *scratch, T *ds, int backward, int64_t
     }
 }
 
-/* One image, forward or backward, over OpenMP's threads: bands sized to BAND_BYTES, their count
-   rounded up to fill the threads; the backward's in two waves. DLU's backward samples anywhere
-   in the kernel space, so each thread adds to a zeroed copy of its gradient, summed into ds at
-   the end in thread order (deterministic for a given thread count). Returns 0, or -1 when
-   scratch memory cannot be allocated. */
+/* One image, forward or backward, over the call's threads, in the bands plan lays out. DLU's
+   backward samples anywhere in the kernel space, so each thread adds to a zeroed copy of its
+   gradient, summed into ds at the end in thread order (deterministic for a given thread
+   count). Returns 0, -1 when scratch memory cannot be allocated, or plan's -2. */
 static int SUFFIX(run)(CALL *a, int backward) {
-    SUFFIX(setup)(a);
-    const int64_t h = a->H, threads = omp_get_max_threads(), waves = backward ? 2 : 1;
-    const int64_t rows = MAX(1, BAND_BYTES / (int64_t)sizeof(T) / (a->s * a->kk * a->tw));
-    int64_t bands = (h + rows - 1) / rows;
-    /* every wave's items a multiple of the threads, where a few more bands make it so */
-    for (int64_t more = 0; more < waves * threads && (bands % waves || (a->G * bands / waves) % threads); more++) bands++;
-    if (backward && a->r > 0) bands = MAX(1, MIN(bands, h / (2 * a->r))); /* no two bands of a wave meet */
-    bands = MAX(1, MIN(bands, h));
-    a->most = (h + bands - 1) / bands;
+    const int code = SUFFIX(plan)(a, backward, backward && a->off);
+    if (code) return code;
+    const int64_t h = a->H, bands = a->bands, threads = a->threads, waves = backward ? 2 : 1;
     const int64_t per_wave = (bands + waves - 1) / waves;
-    const size_t scratch = (size_t)(2 * a->most * a->s * a->kk * a->tw + 2 * a->k * CB * a->pw);
-    const size_t space = backward && a->off ? (size_t)(a->G * a->kk * a->H * a->W) : 0;
+    const size_t scratch = (size_t)a->scratch, space = (size_t)a->space;
     T *shares = space ? calloc((size_t)threads * space, sizeof(T)) : NULL;
     if (space && !shares) return -1;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
     {
         T *mine = malloc(sizeof(T) * scratch), *ds = shares ? shares + (size_t)omp_get_thread_num() * space : NULL;
         if (!mine) {
@@ -378,13 +406,24 @@ static int SUFFIX(run)(CALL *a, int backward) {
     return failed ? -1 : 0;
 }
 
+/* What a call of these sizes allocates, in bytes: its threads' scratch and, for DLU's backward
+   (shares), their shares of the kernel space's gradient; -1 when that overflows 64 bits.
+   cpu_native.py asks before calling, and refuses sizes that overflow. */
+int64_t SUFFIX(allocation)(int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s, int backward, int shares,
+                           int64_t threads) {
+    CALL a = {.C = C, .H = H, .W = W, .k = k, .G = G, .s = s, .threads = threads};
+    if (SUFFIX(plan)(&a, backward, shares)) return -1;
+    return (a.scratch + a.space) * a.threads * (int64_t)sizeof(T);
+}
+
 /* The forward of one image: out = CARAFE(x, kernels). */
 int SUFFIX(reassemble)(const T *x, int64_t xc, int64_t xh, int64_t xw, const T *m, int64_t mg, int64_t mt, int64_t my,
                        int64_t mx, const T *off, int64_t fc, int64_t fy, int64_t fx, T *o, int64_t oc, int64_t oy,
-                       int64_t ox, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s) {
+                       int64_t ox, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s,
+                       int64_t threads) {
     CALL a = {.x = x, .xc = xc, .xh = xh, .xw = xw, .m = m, .mg = mg, .mt = mt, .my = my, .mx = mx, .off = off,
               .fc = fc, .fy = fy, .fx = fx, .o = o, .oc = oc, .oy = oy, .ox = ox,
-              .C = C, .H = H, .W = W, .k = k, .G = G, .s = s};
+              .C = C, .H = H, .W = W, .k = k, .G = G, .s = s, .threads = threads};
     return SUFFIX(run)(&a, 0);
 }
 
@@ -395,11 +434,12 @@ int SUFFIX(reassemble_backward)(const T *x, int64_t xc, int64_t xh, int64_t xw, 
                                 int64_t my, int64_t mx, const T *off, int64_t fc, int64_t fy, int64_t fx, const T *dy,
                                 int64_t oc, int64_t oy, int64_t ox, T *dx, int64_t dc, int64_t dh, int64_t dw, T *dk,
                                 int64_t kg, int64_t kt, int64_t ky, int64_t kx, T *ds, T *dof, int64_t gc, int64_t gy,
-                                int64_t gx, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s) {
+                                int64_t gx, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t s,
+                                int64_t threads) {
     CALL a = {.x = x, .xc = xc, .xh = xh, .xw = xw, .m = m, .mg = mg, .mt = mt, .my = my, .mx = mx, .off = off,
               .fc = fc, .fy = fy, .fx = fx, .o = (T *)dy, .oc = oc, .oy = oy, .ox = ox, .dx = dx, .dc = dc,
               .dh = dh, .dw = dw, .dk = dk, .kg = kg, .kt = kt, .ky = ky, .kx = kx, .ds = ds, .dof = dof,
-              .gc = gc, .gy = gy, .gx = gx, .C = C, .H = H, .W = W, .k = k, .G = G, .s = s};
+              .gc = gc, .gy = gy, .gx = gx, .C = C, .H = H, .W = W, .k = k, .G = G, .s = s, .threads = threads};
     return SUFFIX(run)(&a, 1);
 }
 #undef CALL
