@@ -266,13 +266,13 @@ def _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, sca
     masking skipped when there is none)."""
     _, _, h, w = features.shape
     g, s = group_size, scale_factor
-    space = reference._kernel_space(kernel_logits, kernel_size, g)
-    nan, safe = reference._safe(reference._sampling_grid(offsets, g, s, h, w))
+    space = reference.kernel_space(kernel_logits, kernel_size, g)
+    nan, safe = reference.safe_grid(reference.sampling_grid(offsets, g, s, h, w))
     nan = nan if bool(nan.any()) else None
 
     def block(i, y0, y1):
         images, rows = slice(i * g, (i + 1) * g), slice(y0 * s, y1 * s)
-        masks = reference._grid_sample(space[images], safe[images, rows])
+        masks = reference.grid_sample(space[images], safe[images, rows])
         if nan is not None:
             masks = masks.masked_fill(nan[images, None, rows], float("nan"))
         return masks.permute(2, 3, 0, 1)
@@ -284,7 +284,7 @@ def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scal
     if features.numel() == 0:
         return reference.dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
     if cpu_native.available(accumulator(features)):
-        space = reference._kernel_space(kernel_logits, kernel_size, group_size)
+        space = reference.kernel_space(kernel_logits, kernel_size, group_size)
         return _native(features, space.unflatten(0, (-1, group_size)), offsets, kernel_size, scale_factor)
     *_, block = _dlu_sampling(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
     return _reassemble(features, block, kernel_size, group_size, scale_factor)
@@ -296,10 +296,10 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
                                                scale_factor)
     k, g, s = kernel_size, group_size, scale_factor
     if cpu_native.available(accumulator(features)):
-        space = reference._kernel_space(kernel_logits, k, g)
+        space = reference.kernel_space(kernel_logits, k, g)
         grad_features, (grad_space, grad_offsets) = _native_backward(
             grad_out, features, space.unflatten(0, (-1, g)), offsets, k, s)
-        grad_logits = reference._softmax_backward(grad_space.view(space.shape), space.to(grad_space.dtype))
+        grad_logits = reference.softmax_backward(grad_space.view(space.shape), space.to(grad_space.dtype))
         grad_logits = grad_logits.reshape(kernel_logits.shape).to(kernel_logits.dtype)
         return grad_features, grad_logits, grad_offsets.to(offsets.dtype)
     space, nan, safe, block = _dlu_sampling(features, kernel_logits, offsets, k, g, s)
@@ -310,12 +310,12 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
         images, rows = slice(i * g, (i + 1) * g), slice(y0 * s, y1 * s)
         d = d.permute(2, 3, 0, 1).to(space.dtype)
         if nan is not None:
-            gs, gg = reference._masks_backward(d, space[images], nan[images, rows], safe[images, rows])
+            gs, gg = reference.masks_backward(d, space[images], nan[images, rows], safe[images, rows])
         else:
-            gs, gg = reference._grid_sample_backward(d, space[images], safe[images, rows])
+            gs, gg = reference.grid_sample_backward(d, space[images], safe[images, rows])
         grad_space[images] += gs
         grad_grid[images, rows] = gg
 
     grad_features = _reassemble_backward(grad_out, features, block, store, k, g, s)
-    grad_logits, grad_offsets = reference._logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s)
+    grad_logits, grad_offsets = reference.logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s)
     return grad_features, grad_logits, grad_offsets

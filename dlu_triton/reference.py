@@ -15,6 +15,13 @@ through the softmax and the sums as PyTorch's own ops propagate them.
 The backward functions spell the gradient out with ATen's own backward kernels, because the
 custom ops call them where autograd is switched off; tests check them against autograd through
 the forward functions.
+
+Shared with the CPU path. dlu_triton.cpu computes DLU's kernel space and its softmax's backward
+with `kernel_space` and `softmax_backward`, and its fallback (no C compiler) samples and
+differentiates the kernels with `sampling_grid`, `safe_grid`, `grid_sample`,
+`grid_sample_backward`, `masks_backward` and `logits_and_offsets_backward`: public, because the
+oracle and the code it checks share them. tests/test_reference.py checks them through this
+module's forward (against the contract written out as loops) and backward (against autograd).
 """
 import torch
 import torch.nn.functional as F
@@ -27,7 +34,7 @@ def _normalise(pos, size):
     return pos * (2.0 / (size - 1)) - 1.0 if size > 1 else pos.clamp(0.0, 0.0)
 
 
-def _sampling_grid(offsets, group_size, scale_factor, height, width):
+def sampling_grid(offsets, group_size, scale_factor, height, width):
     """grid_sample's normalised grid, (N*G, s*H, s*W, 2), from low-resolution pixel offsets."""
     n, s = offsets.shape[0], scale_factor
     off = F.pixel_shuffle(offsets, s).view(n, group_size, 2, s * height, s * width)
@@ -38,12 +45,13 @@ def _sampling_grid(offsets, group_size, scale_factor, height, width):
     return torch.stack((gx, gy), dim=-1).view(n * group_size, s * height, s * width, 2)
 
 
-def _kernel_space(kernel_logits, kernel_size, group_size):
+def kernel_space(kernel_logits, kernel_size, group_size):
+    """The softmax of each group's k*k logits per low-resolution pixel: [N*G, k*k, H, W]."""
     n, _, h, w = kernel_logits.shape
     return F.softmax(kernel_logits.reshape(n * group_size, kernel_size**2, h, w), dim=1)
 
 
-def _safe(grid):
+def safe_grid(grid):
     """The grid's NaN points, and the grid with them moved to a harmless position."""
     nan = grid.isnan().any(-1)
     return nan, grid.masked_fill(nan[..., None], 0.0)
@@ -51,11 +59,11 @@ def _safe(grid):
 
 def _sample(space, grid):
     """grid_sample of the kernel space, NaN where the grid is; also the NaN points and the safe grid."""
-    nan, safe = _safe(grid)
-    return _grid_sample(space, safe).masked_fill(nan[:, None], float("nan")), nan, safe
+    nan, safe = safe_grid(grid)
+    return grid_sample(space, safe).masked_fill(nan[:, None], float("nan")), nan, safe
 
 
-def _grid_sample(space, grid):
+def grid_sample(space, grid):
     return F.grid_sample(space, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
@@ -63,8 +71,8 @@ def dlu_masks(kernel_logits, offsets, kernel_size, group_size, scale_factor):
     """The high-resolution reassembly mask (N, G*k*k, s*H, s*W) that DLU samples."""
     n, _, h, w = kernel_logits.shape
     s = scale_factor
-    space = _kernel_space(kernel_logits, kernel_size, group_size)
-    masks = _sample(space, _sampling_grid(offsets, group_size, s, h, w))[0]
+    space = kernel_space(kernel_logits, kernel_size, group_size)
+    masks = _sample(space, sampling_grid(offsets, group_size, s, h, w))[0]
     return masks.reshape(n, group_size * kernel_size**2, s * h, s * w)
 
 
@@ -96,28 +104,29 @@ def carafe_backward(grad_out, features, masks, kernel_size, group_size, scale_fa
     return grad_features, grad_masks
 
 
-def _masks_backward(grad_masks, space, nan, safe):
+def masks_backward(grad_masks, space, nan, safe):
     """The sampled masks' gradient ([N*G, k*k, s*H', s*W], H' rows of the output) sent through
     grid_sample: the kernel space's gradient and the grid's (NaN where the grid is)."""
-    grad_space, grad_grid = _grid_sample_backward(grad_masks.masked_fill(nan[:, None], 0.0), space, safe)
+    grad_space, grad_grid = grid_sample_backward(grad_masks.masked_fill(nan[:, None], 0.0), space, safe)
     return grad_space, grad_grid.masked_fill(nan[..., None], float("nan"))
 
 
-def _grid_sample_backward(grad_masks, space, grid):
-    """_grid_sample's gradients for the kernel space and the grid."""
-    return torch.ops.aten.grid_sampler_2d_backward(grad_masks, space, grid, 0, 1, True, [True, True])  # 0: bilinear, 1: border
+def grid_sample_backward(grad_masks, space, grid):
+    """grid_sample's gradients for the kernel space and the grid."""
+    # 0: bilinear, 1: border padding, True: align_corners; both gradients
+    return torch.ops.aten.grid_sampler_2d_backward(grad_masks, space, grid, 0, 1, True, [True, True])
 
 
-def _softmax_backward(grad_space, space):
+def softmax_backward(grad_space, space):
     """The kernel space's gradient [N*G, k*k, H, W] back through its softmax over the taps."""
     return space * (grad_space - (space * grad_space).sum(1, keepdim=True))
 
 
-def _logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, group_size, scale_factor):
+def logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, group_size, scale_factor):
     """The softmax's and the sampling grid's gradients back to the logits and the offsets."""
     n, _, h, w = kernel_logits.shape
     g, s = group_size, scale_factor
-    grad_logits = _softmax_backward(grad_space, space)
+    grad_logits = softmax_backward(grad_space, space)
     # d grid / d offset is the normalisation's slope (zero for a single pixel).
     gx = grad_grid[..., 0] * (2.0 / (w - 1) if w > 1 else 0.0)
     gy = grad_grid[..., 1] * (2.0 / (h - 1) if h > 1 else 0.0)
@@ -131,8 +140,8 @@ def dlu_upsample_backward(grad_out, features, kernel_logits, offsets, kernel_siz
     """Gradients of `dlu_upsample` for features, kernel_logits and offsets."""
     n, _, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
-    space = _kernel_space(kernel_logits, k, g)
-    masks, nan, safe = _sample(space, _sampling_grid(offsets, g, s, h, w))
+    space = kernel_space(kernel_logits, k, g)
+    masks, nan, safe = _sample(space, sampling_grid(offsets, g, s, h, w))
     grad_features, grad_masks = carafe_backward(grad_out, features, masks.reshape(n, g * k * k, s * h, s * w), k, g, s)
-    grad_space, grad_grid = _masks_backward(grad_masks.reshape(masks.shape), space, nan, safe)
-    return (grad_features, *_logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s))
+    grad_space, grad_grid = masks_backward(grad_masks.reshape(masks.shape), space, nan, safe)
+    return (grad_features, *logits_and_offsets_backward(grad_space, grad_grid, space, kernel_logits, g, s))
