@@ -17,8 +17,8 @@ Notation as in forward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], gradie
    lands on corners that the offsets choose, so it is scattered with fp32 atomics (fp64 for fp64
    inputs), whose order, and so whose last bits, vary run to run. Each kernel-space value takes
    about 4*s*s of them, and same-address atomics serialise, so at s >= 8 output row oy adds into
-   copy oy % copies of the accumulator (tuning.logit_grad_copies), summed in step 4. The deterministic variant
-   (under torch.use_deterministic_algorithms) instead stores each point's four corner shares
+   copy oy % copies of the accumulator (tuning.logit_grad_copies), summed in step 4. The
+   deterministic variant (under torch.use_deterministic_algorithms) stores each point's four corner shares
    with their target rows, and torch's index_add_, deterministic in that mode, sums them in a
    fixed order. This step also writes K, which step 3 needs; it lives only during backward.
 3. Features gradient, a gather over the output pixels whose taps read each input pixel:
@@ -42,14 +42,13 @@ product of those alone takes one (targets.dot_precision).
 Step 1 otherwise (s = 1 or k = 1): a one-warp program per (output row, BLOCK_P source pixels,
 SXB sub-pixel columns, group), a pixel a lane. It loops over the group's channels one at a time:
 loads the channel's dy [SXB, BLOCK_P] once, then for each tap (unrolled) the features [BLOCK_P],
-and adds each product to dK[j] in the thread's registers. So dy is read once, not once per tap, and no sum
-crosses a thread. One channel a step, not a [BLOCK_C, SXB, BLOCK_P] block summed over its
-channels: in that 3-D tile the pixels and the channels are equally strided, and Triton 3.6 gave
-the lanes to the first axis on such a tie, 3.7 and later to the last, so no axis order kept
-the channel sums within a thread for both (under 3.9 the block cost a shared-memory reduction
-and 25 barriers a step); with 2-D tiles there is no tie. The tap column's offset is added to
-the pointer as a constant, the load's immediate offset, and each step moves the two pointers
-on by a channel, so no load costs a 64-bit address add of its own (v16, docs/performance.md).
+and adds each product to dK[j] in the thread's registers. So dy is read once, not once per
+tap, and no sum crosses a thread. One channel a step, not a [BLOCK_C, SXB, BLOCK_P] block
+summed over its channels: in that 3-D tile the pixels and the channels are equally strided, and
+the supported Triton versions break such a tie differently (targets.TIES_LAST), so no axis
+order keeps the channel sums within a thread for all of them; 2-D tiles have no tie. The tap
+column's offset is added to the pointer as a constant, the load's immediate offset, and each
+step moves the two pointers on by a channel, so no load costs a 64-bit address add of its own.
 Layout note: the features' column is computed from the block size passed at run time
 (P_STEP), so no tap's address looks 16-byte aligned and every tap's load gets the same layout
 (otherwise the aligned middle tap is vectorised into another layout, converted through shared
@@ -63,11 +62,10 @@ traffic than dy, and:
 Step 3: one program per (input row, window of BLOCK_P source pixels, BLOCK_C channels). For
 each tap row and sub-pixel row, SXB sub-pixel columns at a time, it loads the window's dy run
 once (consecutive columns) and K of each of the k tap columns, and adds dy * K, summed over the
-sub-pixel columns, into that tap column's accumulator [BLOCK_C, BLOCK_P] (v7 loaded the dy run
-again for every tap column, shifted by s columns). Input pixel p takes tap column kx's sums at
-source pixel p - (kx - R), so at the end each column's sums are shifted along the pixels
-(tl.gather, within a warp) and added: a window finishes the BLOCK_P - 2R pixels in its middle,
-and the next window starts BLOCK_P - 2R pixels on. Layout note: a step's K run is at most 64
+sub-pixel columns, into that tap column's accumulator [BLOCK_C, BLOCK_P]. Input pixel p takes
+tap column kx's sums at source pixel p - (kx - R), so at the end each column's sums are shifted
+along the pixels (tl.gather, within a warp) and added: a window finishes the BLOCK_P - 2R pixels
+in its middle, and the next window starts BLOCK_P - 2R pixels on. Layout note: a step's K run is at most 64
 columns, no more than the tile's lanes hold twice over, and the compiler then lays it out as a
 slice of the dy tile's layout; a longer run it spreads over all the threads and moves through
 shared memory at every tap.
@@ -176,8 +174,8 @@ def _mask_grad_kernel(
         x_row += sxc
 
     dk_at = dk_ptr + n * skn + ((g * KK + j) * skc) + (oy * sky + ox * skx)[None, :, :]
-    # Stored as computed. Permuted so that triton 3.6 put its lanes along the pixels (v22), this
-    # store made DLU's backward at s = 2 1.8x slower on an H200, though it compiled to fewer
+    # Stored as computed: permuted so that triton 3.6 put its lanes along the pixels, this store
+    # made DLU's backward at s = 2 1.8x slower on an H200, though it compiled to fewer
     # instructions and registers (docs/performance.md, 2026-12-04).
     tl.store(dk_at, dk.to(dk_ptr.dtype.element_ty), mask=(j < KK) & q_ok[None, :, :])
 
@@ -259,7 +257,8 @@ def _kernel_grad_kernel(
     iy = oy // S
     j = tl.arange(0, KKP)
     qj_ok = q_ok[:, None] & (j < KK)[None, :]
-    dk = tl.load(dk_ptr + n * sdkn + (oy * sdky + ox * sdkx)[:, None] + ((g * KK + j) * sdkc)[None, :], mask=qj_ok, other=0.0)
+    dk_at = dk_ptr + n * sdkn + (oy * sdky + ox * sdkx)[:, None] + ((g * KK + j) * sdkc)[None, :]
+    dk = tl.load(dk_at, mask=qj_ok, other=0.0)
     dk = dk.to(ACC)
 
     sub = (oy % S) * S + sx
@@ -515,7 +514,8 @@ def _mask_grad(grad_out, features, dk, kernel_size, group_size, scale_factor):
             h, w, cpg,
             S=s, SXP=pow2(s), KS=kernel_size, WTP=window_taps(kernel_size, block_p),
             BLOCK_SY=block_sy, BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
-            PRECISION=dot_precision(grad_out, features), ACC=acc_dtype(features), IDX=index_dtype(grad_out, features, dk),
+            PRECISION=dot_precision(grad_out, features), ACC=acc_dtype(features),
+            IDX=index_dtype(grad_out, features, dk),
             num_warps=warps, **LAUNCH,
         )
         return
@@ -606,7 +606,8 @@ def _logit_grad_out(summed, space, out, kernel_size, group_size):
     )
 
 
-def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor, deterministic=False):
+def dlu_backward(grad_out, features, kernel_logits, offsets, kernel_size, group_size, scale_factor,
+                 deterministic=False):
     """deterministic: sum the logits' gradient with index_add_ (deterministic under
     torch.use_deterministic_algorithms) instead of atomics, at 4*G*k*k*s*s*H*W*N extra floats."""
     n, _, h, w = features.shape

@@ -8,31 +8,29 @@ d_j = (j // k - k//2, j % k - k//2), j in [0, k*k):
     out[c, o] = sum_j K[g, j, o] * x[c, q + d_j]          (x = 0 outside the image)
 
 CARAFE loads K from `masks`. DLU first takes the kernel space P = softmax over each low-resolution
-pixel's k*k logits (one small launch, G*k*k*H*W values), then builds K in registers (sampling.py has
-the sampling):
+pixel's k*k logits (kernel_space.py, one small launch, G*k*k*H*W values), then builds K in
+registers (sampling.py):
 
     K[g, j, o] = sum_corners w_c * P[g*k*k + j, c]
 
 so the high-resolution mask never reaches global memory.
 
 Program: image n, source row iy, BLOCK_P consecutive source pixels ix of that row, BLOCK_SY
-sub-pixel rows and all s sub-pixel columns, BLOCK_C channels of one group: an output tile
-[BLOCK_SY, s, BLOCK_C, BLOCK_P], pixels last so that the compiler's default layout puts the lanes
-along the pixels and the warps along the channels, and a thread holds every sub-pixel of its
-pixel. Each tap's features [BLOCK_C, BLOCK_P] are then one contiguous gather loaded straight into
-that layout, each value serving the thread's BLOCK_SY * s outputs from registers (v6 loaded them
-in another layout and moved every tap's tile through shared memory: 4 barriers and 40 shared
-accesses a tap for 32 multiply-adds; docs/performance.md, v10). The sampling and the kernel
-gathers run one point a thread in a flat [points] layout, and each tap's kernel values are
-reshaped to [BLOCK_SY, s, BLOCK_P] for the accumulators (one small exchange a tap, which the
-compiler does with stmatrix/ldmatrix). The store flattens (pixel, sub-pixel column) into one run
-of BLOCK_P*s consecutive output columns, so the compiler sees contiguous rows and writes whole
-sectors (with s a runtime value it wrote 4 bytes per 32-byte sector, and L2 throughput, not
-DRAM, bounded the kernel). For DLU a tap costs 4 gathers and 4 multiply-adds per point.
+sub-pixel rows and all s sub-pixel columns, BLOCK_C channels of one group (tuning.forward_blocks):
+an output tile [BLOCK_SY, s, BLOCK_C, BLOCK_P], pixels last so that the compiler's default layout
+puts the lanes along the pixels and the warps along the channels, and a thread holds every
+sub-pixel of its pixel. Each tap's features [BLOCK_C, BLOCK_P] are then one contiguous gather
+loaded straight into that layout, each value serving the thread's BLOCK_SY * s outputs from
+registers, with no shared-memory exchange of the features. The sampling and the kernel gathers
+run one point a thread in a flat [points] layout, and each tap's kernel values are reshaped to
+[BLOCK_SY, s, BLOCK_P] for the accumulators (one small exchange a tap, which the compiler does
+with stmatrix/ldmatrix). The store flattens (pixel, sub-pixel column) into one run of BLOCK_P*s
+consecutive output columns; s is a compile-time constant so that the compiler sees contiguous
+rows and writes whole sectors. For DLU a tap costs 4 gathers and 4 multiply-adds per point.
 Accumulation is in fp32 (fp64 for fp64 inputs); the store casts to the output dtype.
 
-The forward has no tensor-core product: one at s >= 8 (out_q = X_q @ K_q per source pixel) ran
-1.1-1.2x slower than this kernel for DLU on an H200 (docs/performance.md, 2026-12-04).
+There is no tensor-core form: one at s >= 8 (out_q = X_q @ K_q per source pixel) ran 1.1-1.2x
+slower than this kernel for DLU on an H200 (docs/performance.md, 2026-12-04).
 """
 import triton
 import triton.language as tl

@@ -92,7 +92,8 @@ def kernel_space(logits, group_size, kernel_size, zeroed=None):
     blocks = cdiv(h * w, block)
     _kernel_space_kernel[(n * group_size * blocks,)](
         logits, space, zeroed,
-        logits.stride(0), logits.stride(1), slp, space.stride(0), space.stride(1), plane_stride(space), zeroed.stride(0),
+        logits.stride(0), logits.stride(1), slp,
+        space.stride(0), space.stride(1), plane_stride(space), zeroed.stride(0),
         h * w, group_size, blocks, zeroed.shape[0],
         KK=kernel_size * kernel_size, KKP=kkp, BLOCK=block,
         ACC=acc_dtype(logits), IDX=index_dtype(logits, space), num_warps=4, **LAUNCH,

@@ -1,21 +1,22 @@
 """Tile rules and launch settings of every launcher, in one place.
 
 Each rule maps a shape to a kernel's constexpr tile sizes (and, for the backward's matrix
-products, whether the product form runs at all). The measurement that chose it, and the script
-that measures it again:
+products, whether the product form runs at all). What chose each rule (files under
+docs/results/ and its 2026-11-23-h100/), and the script that measures it again:
 
-| rule | decides | chosen by | measure again with |
+| rule | decides | chosen by | measured again by |
 |---|---|---|---|
-| `forward_blocks` | the forward's [sub-pixel rows, s, channels, pixels] tile | H100 sweep, 2026-11-23 (docs/results/2026-11-23-h100/h100-forward-v10.md) | `benchmarks/sweep_blocks.py` |
-| `mask_grad_dot_blocks` | the mask gradient as a tensor-core product: banded at s = 2..7, one pixel at s >= 8, none at s = 1 or k = 1 | H200 A/B, 2026-12-04 (docs/results/h200-ab-candidates.md, h200-ab-v23.md) | `benchmarks/ab.py` |
-| `mask_grad_blocks` | the per-channel mask gradient's pixels and sub-pixel columns (s = 1 or k = 1) | H200 A/B, 2026-12-04 (h200-ab-candidates.md: its permuted-store variant 1.77x slower) | `benchmarks/ab.py` |
-| `kernel_grad_pixels` | DLU's kernel-gradient pixels a program | compile report (registers) | `benchmarks/compile_report.py` |
-| `logit_grad_copies` | copies of the logits gradient's atomic accumulator | H100 module profile, 2026-11-23 (docs/results/2026-11-23-h100/h100-profile-modules.txt) | `benchmarks/profile_modules.py` |
-| `feature_grad_blocks` | the features gradient's window (s < 8) | H200 A/B, 2026-12-04 (h200-ab-candidates.md: 16 channels 0.93-0.96x) | `benchmarks/ab.py` |
-| `pixel_product_blocks` | the features gradient as a product per source pixel (s >= 8) | H200 A/B, 2026-12-04 (h200-ab-v23.md) | `benchmarks/ab.py` |
-| `LAUNCH` | compile options of every launch | Triton 3.9's default change (below) | |
+| forward_blocks | the forward's tile | H100 sweep, 2026-11-23 (h100-forward-v10.md) | sweep_blocks.py |
+| mask_grad_dot_blocks | the mask gradient's product and tile | H200 A/B, 2026-12-04 (h200-ab-v23.md) | ab.py |
+| mask_grad_blocks | the per-channel mask gradient (s = 1, k = 1) | H200 A/B (h200-ab-candidates.md) | ab.py |
+| kernel_grad_pixels | DLU's kernel-gradient pixels a program | sm_90 compile (registers) | compile_report.py |
+| logit_grad_copies | the logits gradient's atomic copies | H100 (h100-profile-modules.txt) | profile_modules.py |
+| feature_grad_blocks | the features gradient's window (s < 8) | H200 A/B (h200-ab-candidates.md) | ab.py |
+| pixel_product_blocks | the features gradient's product (s >= 8) | H200 A/B, 2026-12-04 (h200-ab-v23.md) | ab.py |
+| LAUNCH | compile options of every launch | Triton 3.9's change of default (below) | |
 
-docs/performance.md has the current measurements; docs/performance-log.md every change's.
+The scripts are in benchmarks/. docs/performance.md has the current measurements,
+docs/performance-log.md every change's.
 """
 from .launch import pow2
 
@@ -32,9 +33,9 @@ def forward_blocks(channels_per_group, row_length, scale_factor):
     BLOCK_C channels, BLOCK_P source pixels], 8192 accumulators at 4 warps. The compiler spreads
     the lanes along the pixels (up to 32 of one row) and then the channels, the warps along the
     channels, so a thread holds every sub-pixel of the tile for its pixel and channels: each
-    feature it loads serves BLOCK_SY * s outputs from registers. In the H100 sweep
-    (docs/results/2026-11-23-h100/h100-forward-v10.md) 16 sub-pixels a thread and 64 channels ran fastest at
-    s >= 4. At s = 2, 32 channels beat 64 by 5% at N2 128x128 but lost 10% at N8 100x152.
+    feature it loads serves BLOCK_SY * s outputs from registers. In the H100 sweep 16 sub-pixels
+    a thread and 64 channels ran fastest at s >= 4; at s = 2, 32 channels beat 64 by 5% at N2
+    128x128 but lost 10% at N8 100x152.
     """
     sxp = pow2(scale_factor)
     block_sy = max(1, min(sxp, 16 // sxp))
@@ -49,10 +50,10 @@ def mask_grad_dot_blocks(channels_per_group, scale_factor, kernel_size):
     BLOCK_P consecutive source pixels and BLOCK_C channels an inner step. At s = 2..7: 32 rows,
     pixels sharing one window (the kept taps a band of it), 4 warps. At s >= 8: one pixel, 64
     rows (one Hopper warpgroup product), 32 channels (within 128 registers under triton 3.6, no
-    spills). None at s = 1 and k = 1 (mask_grad_blocks then). On an H200 (2026-12-04, N2 C256
-    k5 float32, DLU's backward): the banded product 1.97x faster than the per-channel kernel at
+    spills). None at s = 1 and k = 1 (mask_grad_blocks then). In the H200 A/B (N2 C256 k5
+    float32, DLU's backward) the banded product was 1.97x faster than the per-channel kernel at
     s = 2 and 1.14x at s = 4, where the one-pixel product of 16 rows was 1.22x slower than it;
-    the one-pixel product at s = 8 and 16 1.5x and 2.6x faster (docs/performance.md)."""
+    the one-pixel product at s = 8 and 16 1.5x and 2.6x faster."""
     if kernel_size < 3 or scale_factor < 2:
         return None
     if scale_factor < 8:
@@ -81,10 +82,10 @@ def kernel_grad_pixels(row_length, scale_factor):
 def logit_grad_copies(scale_factor):
     """How many copies of the logits gradient's atomic accumulator DLU's backward spreads its
     atomics over (summed in the final pass). Each kernel-space value receives about 4*s*s atomic
-    adds, one per sampled corner; in the H100 module profile (v11, N2 C256, output 256x256, the
-    same atomics in each case) the kernel gradient took 49, 61, 122 and 342 us at s = 2, 4, 8 and
-    16 (docs/results/2026-11-23-h100/h100-profile-modules.txt): same-address atomics serialise. Output row oy
-    adds to copy oy % copies, so no copy takes more than about 64 adds a value (s = 4's count);
+    adds, one per sampled corner; in the H100 module profile (N2 C256, output 256x256, one
+    accumulator) the kernel gradient took 49, 61, 122 and 342 us at s = 2, 4, 8 and 16:
+    same-address atomics serialise. Output row oy adds to copy oy % copies, so no copy takes
+    more than about 64 adds a value (s = 4's count);
     the extra memory is at most 1/16 of the backward's K buffer."""
     return min(scale_factor, max(1, scale_factor * scale_factor // 16))
 
