@@ -40,7 +40,8 @@ class _Upsampler(nn.Module):
     def __init__(self, channels, scale_factor, up_kernel=5, up_group=1, encoder_kernel=3,
                  encoder_dilation=1, compressed_channels=64):
         super().__init__()
-        _check_config(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels)
+        _check_config(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation,
+                      compressed_channels)
         self.channels = channels
         self.scale_factor = scale_factor
         self.up_kernel = up_kernel
@@ -52,6 +53,8 @@ class _Upsampler(nn.Module):
         _check_tensor("x", x)
         if x.shape[1] != self.channels:
             raise ValueError(f"x must have {self.channels} channels (the module's `channels`), got {x.shape[1]}")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"x must have H, W >= 1, got shape {tuple(x.shape)} (an empty batch, N = 0, is allowed)")
         weight = self.channel_compressor.weight
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
@@ -62,7 +65,8 @@ class _Upsampler(nn.Module):
             raise ValueError(f"x is on {x.device} but the module's parameters are on {weight.device}")
 
     def extra_repr(self):
-        return f"channels={self.channels}, scale_factor={self.scale_factor}, up_kernel={self.up_kernel}, up_group={self.up_group}"
+        return (f"channels={self.channels}, scale_factor={self.scale_factor}, up_kernel={self.up_kernel}, "
+                f"up_group={self.up_group}")
 
 
 class DLU(_Upsampler):
@@ -71,10 +75,12 @@ class DLU(_Upsampler):
 
     def __init__(self, channels, scale_factor, up_kernel=5, up_group=1, encoder_kernel=3,
                  encoder_dilation=1, compressed_channels=64):
-        super().__init__(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels)
+        super().__init__(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation,
+                         compressed_channels)
         self.kernel_space_generator = _encoder(
             compressed_channels, up_group * up_kernel**2, encoder_kernel, encoder_dilation)
-        self.conv_offset = _encoder(compressed_channels, 2 * up_group * scale_factor**2, encoder_kernel, encoder_dilation)
+        self.conv_offset = _encoder(
+            compressed_channels, 2 * up_group * scale_factor**2, encoder_kernel, encoder_dilation)
         self.init_weights()
 
     def init_weights(self):
@@ -96,7 +102,8 @@ class CARAFEPack(_Upsampler):
 
     def __init__(self, channels, scale_factor, up_kernel=5, up_group=1, encoder_kernel=3,
                  encoder_dilation=1, compressed_channels=64):
-        super().__init__(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels)
+        super().__init__(channels, scale_factor, up_kernel, up_group, encoder_kernel, encoder_dilation,
+                         compressed_channels)
         self.content_encoder = _encoder(
             compressed_channels, up_kernel**2 * up_group * scale_factor**2, encoder_kernel, encoder_dilation)
         self.init_weights()
@@ -106,9 +113,14 @@ class CARAFEPack(_Upsampler):
         nn.init.normal_(self.content_encoder.weight, std=0.001)
 
     def kernel_normalizer(self, mask):
-        mask = F.pixel_shuffle(mask, self.scale_factor)
+        # pixel_shuffle, then a softmax over each group's k*k taps; spelled out with every size
+        # named, for an empty batch: there a view's -1 is undetermined, and F.pixel_shuffle's
+        # backward returns the gradient unreshaped.
         n, c, h, w = mask.shape
-        return F.softmax(mask.view(n, c // self.up_kernel**2, -1, h, w), dim=2).view(n, c, h, w)
+        s, kk = self.scale_factor, self.up_kernel**2
+        c //= s * s
+        mask = mask.view(n, c, s, s, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // kk, kk, h * s, w * s)
+        return F.softmax(mask, dim=2).view(n, c, h * s, w * s)
 
     def forward(self, x):
         self._check_input(x)

@@ -35,7 +35,8 @@ def test_initialisation():
 
 def dlu_by_reference(m, x):
     c = m.channel_compressor(x)
-    return reference.dlu_upsample(x, m.kernel_space_generator(c), m.conv_offset(c), m.up_kernel, m.up_group, m.scale_factor)
+    return reference.dlu_upsample(x, m.kernel_space_generator(c), m.conv_offset(c), m.up_kernel, m.up_group,
+                                  m.scale_factor)
 
 
 def carafe_by_reference(m, x):
@@ -43,8 +44,10 @@ def carafe_by_reference(m, x):
     return reference.carafe(x, mask, m.up_kernel, m.up_group, m.scale_factor)
 
 
-@pytest.mark.parametrize("module,composed", [(dlu_triton.DLU, dlu_by_reference), (dlu_triton.CARAFEPack, carafe_by_reference)])
-@pytest.mark.parametrize("config", [dict(channels=8, scale_factor=2, up_kernel=3, up_group=2), dict(channels=6, scale_factor=3, up_kernel=5)])
+@pytest.mark.parametrize("module,composed", [(dlu_triton.DLU, dlu_by_reference),
+                                             (dlu_triton.CARAFEPack, carafe_by_reference)])
+@pytest.mark.parametrize("config", [dict(channels=8, scale_factor=2, up_kernel=3, up_group=2),
+                                    dict(channels=6, scale_factor=3, up_kernel=5)])
 def test_module_matches_reference_composition(module, composed, config, device, path):
     m = module(**config, compressed_channels=4).to(device, exact_dtype(device))
     with torch.no_grad():  # trained-looking weights: offsets off zero, kernels far from uniform
@@ -88,11 +91,25 @@ def test_module_rejects_bad_config(module, kwargs, error, message):
     (torch.randint(0, 3, (1, 8, 3, 3)), TypeError, "x must be a floating-point tensor"),
     (torch.randn(1, 8, 3, 3, dtype=torch.float64), TypeError, "x has dtype torch.float64 but the module's parameters"),
     ("an image", TypeError, "x must be a torch.Tensor"),
-], ids=["channels", "rank", "integer", "dtype", "not a tensor"])
+    (torch.randn(1, 8, 0, 3), ValueError, "x must have H, W >= 1"),
+    (torch.randn(1, 8, 3, 0), ValueError, "x must have H, W >= 1"),
+], ids=["channels", "rank", "integer", "dtype", "not a tensor", "H = 0", "W = 0"])
 @pytest.mark.parametrize("module", [dlu_triton.DLU, dlu_triton.CARAFEPack])
 def test_module_rejects_bad_input(module, x, error, message):
     with pytest.raises(error, match=message):
         module(8, 2)(x)
+
+
+@pytest.mark.parametrize("module", [dlu_triton.DLU, dlu_triton.CARAFEPack])
+def test_module_empty_batch(module, device, path):
+    """An empty batch gives an empty output, and gradients (zero) for the parameters."""
+    m = module(8, 2, up_kernel=3, compressed_channels=4).to(device, exact_dtype(device))
+    x = torch.randn(0, 8, 3, 5, device=device, dtype=exact_dtype(device), requires_grad=True)
+    out = m(x)
+    assert out.shape == (0, 8, 6, 10) and out.dtype == x.dtype
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixing devices needs a GPU")
