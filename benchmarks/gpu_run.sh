@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU session's runs, writing everything under $OUT (see docs/testing.md, docs/benchmarks.md).
+# The GPU runs, writing everything under $OUT (see docs/testing.md, docs/benchmarks.md).
 #   bash benchmarks/gpu_run.sh tests sweep compare bench   # tests, tile sweep, compare, benchmark suite
 #   bash benchmarks/gpu_run.sh props sanitize              # 600-case property sweep, compute-sanitizer
 #   bash benchmarks/gpu_run.sh profile                     # Nsight Compute, one launch of each kernel
@@ -8,8 +8,8 @@
 #   AB_OLD="DIR [DIR...]" bash benchmarks/gpu_run.sh ab    # A/B against each DIR (from benchmarks/ab.py --export REV DIR);
 #                                                          # AB_ARGS="--ops dlu_backward" passes options on,
 #                                                          # AB_TAG=fwd writes ab-fwd.md (several A/Bs a call)
-# A session's device time is 15 minutes in all, the machine's start included: one call of about
-# 9 minutes, planned in docs/performance.md ("GPU plan"), not one per step.
+# Steps run in the order given, each under its own timeout, so one invocation can run a whole
+# plan (docs/performance.md, "Next GPU run").
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/dlu-gpu}; mkdir -p "$OUT"

@@ -5,9 +5,10 @@ Python, as it does for both modules and for the fused ops at small shapes (docs/
     python benchmarks/host_costs.py [--out FILE] [--stub-launches]
 
 Each row is the median of ROUNDS interleaved rounds, each the median of REPS calls, each timed
-from an empty queue until it returns (`dlu_triton.benchmark.host_ms`). Rows, at the anchor (N2 C256 128x128 k5 s2 float32): a bare Triton launch with 3
-and with 28 arguments and a bare PyTorch launch, each of our launchers, the kernel families, the
-custom ops, the public functions through autograd, and both modules at 2x. On CPU (with
+from an empty queue until it returns (`dlu_triton.benchmark.host_ms`). Rows, at the anchor
+(N2 C256 128x128 k5 s2 float32): a bare Triton launch with 3 and with 28 arguments and a bare
+PyTorch launch, each of the package's launchers, the kernel families, the custom ops, the public
+functions through autograd, and both modules at 2x. On CPU (with
 TRITON_INTERPRET=1, a tiny shape) the times are the interpreter's: only to try the script.
 
 --stub-launches (for a machine without a GPU): every Triton launch returns at once and the ops
@@ -105,7 +106,8 @@ def main():
     info = B.env_info(device)
     stub = ", Triton launches stubbed out" if args.stub_launches else ""
     lines = [f"# host time per call (us){stub}, {info.get('gpu', info.get('cpu'))}, torch {info['torch']}, "
-             f"triton {info['triton']}, {info['date']}; shape N{shape[0]} C{shape[1]} {shape[2]}x{shape[3]} k5 s2 float32",
+             f"triton {info['triton']}, {info['date']}; "
+             f"shape N{shape[0]} C{shape[1]} {shape[2]}x{shape[3]} k5 s2 float32",
              "", "| call | median of rounds | rounds |", "|---|---|---|"]
     for name, values in rounds.items():
         lines.append(f"| {name} | {statistics.median(values):.1f} | {' / '.join(f'{v:.1f}' for v in values)} |")

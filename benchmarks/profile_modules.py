@@ -70,7 +70,8 @@ def main():
     lines = []
     log = lines.append
     info = B.env_info(device)
-    log(f"# profile_modules, {info.get('gpu', info.get('cpu'))}, torch {info['torch']}, triton {info['triton']}, {info['date']}")
+    device_name = info.get("gpu", info.get("cpu"))
+    log(f"# profile_modules, {device_name}, torch {info['torch']}, triton {info['triton']}, {info['date']}")
     rows = []
     for s in args.scales:
         h = max(1, size // s)
@@ -88,7 +89,8 @@ def main():
         with open(os.path.join(args.out, "profile-modules.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     print(lines[0])
-    print(f"{'scale':>5} {'module':10} {'pass':8} {'median':>8} {'host':>8} {'kernels':>8} {'launches':>8} {'idle':>8}  (ms)")
+    columns = ("median", "host", "kernels", "launches", "idle")
+    print(f"{'scale':>5} {'module':10} {'pass':8} " + " ".join(f"{c:>8}" for c in columns) + "  (ms)")
     for s, method, pass_, r in rows:
         k = r["kernels"]
         idle = "-" if k is None else f"{r['median'] - k:8.3f}"

@@ -1,6 +1,6 @@
 """Short table of a benchmark JSON: case, do_bench median, GB/s and fraction of the floor.
 
-    python benchmarks/summarise.py benchmarks/results/h100.json
+    python benchmarks/summarise.py docs/results/h200-benchmarks-v23.json
 """
 import json
 import sys

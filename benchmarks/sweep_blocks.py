@@ -35,5 +35,6 @@ for s in (2, 16, 4, 8):
             print(f"| {s} | {bc} | {bp} | {bsy} | {warps} | out of resources: {e} |")
             continue
         mark = " (chosen)" if (bc, bp, bsy, warps) == chosen else ""
-        print(f"| {s} | {bc} | {bp} | {bsy} | {warps}{mark} | {t_dlu:.3f} | {t_car:.3f} | {floor / t_dlu:.0%} |", flush=True)
+        print(f"| {s} | {bc} | {bp} | {bsy} | {warps}{mark} | {t_dlu:.3f} | {t_car:.3f} | {floor / t_dlu:.0%} |",
+              flush=True)
 forward.forward_blocks = tuning.forward_blocks

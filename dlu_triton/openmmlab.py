@@ -20,7 +20,7 @@ from mmengine.model import BaseModule, ModuleList, xavier_init
 from mmengine.registry import MODELS
 from torch import nn
 
-from .modules import CARAFEPack, DLU
+from .modules import DLU, CARAFEPack
 
 
 class UpsamplerFPN(BaseModule):
@@ -55,7 +55,8 @@ class UpsamplerFPN(BaseModule):
         self.with_bias = norm_cfg is None
         self.order = tuple(order)
         if not isinstance(upsample_cfg, dict) or not upsample_cfg.get("type"):
-            raise ValueError(f"upsample_cfg must be a dict with a type (an upsampler's registry name), got {upsample_cfg}")
+            raise ValueError(
+                f"upsample_cfg must be a dict with a type (an upsampler's registry name), got {upsample_cfg}")
         self.upsample_cfg = dict(upsample_cfg)
         self.upsample = self.upsample_cfg["type"]
         self.upsample_kernel = self.upsample_cfg.pop("upsample_kernel", None)

@@ -183,7 +183,8 @@ def parse(argv):
     p.add_argument("--crop", type=int, default=64, help="side of the high-resolution training crops")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--offset-lr-mult", type=float, default=0.1, help="learning-rate multiplier of DLU's offset predictor")
+    p.add_argument("--offset-lr-mult", type=float, default=0.1,
+                   help="learning-rate multiplier of DLU's offset predictor")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
