@@ -2,7 +2,13 @@
 
 For each scale: parameters, FLOPs, forward and forward+backward latency, peak memory of the
 modules (convolutions included), the DLU/CARAFE ratios, and the fused ops' time against the
-bandwidth floor (minimal bytes / copy bandwidth measured in the same run).
+bandwidth floor (minimal bytes / copy bandwidth measured in the same run). Times are medians,
+with half their 20%-80% quantile range as a spread; ratios come with their range.
+
+On a CPU, which the scheduler shares with every other process, the default shape gives every
+row milliseconds of work, all of a scale's calls are timed in interleaved rounds (each sample
+at least 20 ms of calls), the DLU/CARAFE ratios are taken round by round, and the header says
+when the machine's load average leaves the timed threads less than their cores.
 """
 import argparse
 import json
@@ -23,8 +29,10 @@ def parse(argv):
     c.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8, 16])
     c.add_argument("--channels", type=int, default=None, help="default 256 on CUDA, 64 on CPU")
     c.add_argument("--batch", type=int, default=None, help="default 2 on CUDA, 1 on CPU")
-    c.add_argument("--output-size", type=int, default=None,
-                   help="side of the upsampled output; the input is output-size/scale (default 256 on CUDA, 64 on CPU)")
+    c.add_argument("--output-size", type=int, default=256,
+                   help="side of the upsampled output; the input is output-size/scale (default 256)")
+    c.add_argument("--rounds", type=int, default=15,
+                   help="CPU: interleaved timing rounds (default 15); CUDA times with do_bench")
     c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     c.add_argument("--forward-only", action="store_true", help="skip forward+backward timings")
@@ -35,62 +43,101 @@ def parse(argv):
 
 def measure_scale(args, scale, bandwidth, log):
     dev, dtype = args.device, getattr(torch, args.dtype)
+    gpu = torch.device(dev).type == "cuda"
     n, c = args.batch, args.channels
     h = w = max(1, args.output_size // scale)
     x = torch.randn(n, c, h, w, device=dev, dtype=dtype)
-    rows = {}
+    rows, calls = {}, {}
     for method in B.METHODS:
-        log(f"  s={scale} {method} ...")
         fwd, fwd_bwd = B.module_calls(method, scale, x)
-        row = dict(params=B.method_params(method, c, scale), gflops=B.method_flops(method, c, scale, h, w, n) / 1e9,
-                   fwd_ms=B.time_ms(fwd, dev))
+        rows[method] = dict(params=B.method_params(method, c, scale),
+                            gflops=B.method_flops(method, c, scale, h, w, n) / 1e9)
+        calls[method, "fwd_ms"] = fwd
         if not args.forward_only:
-            row["fwd_bwd_ms"] = B.time_ms(fwd_bwd, dev)
-            row["peak_mib"] = B.peak_memory_mib(fwd_bwd, dev)
-        rows[method] = row
+            calls[method, "fwd_bwd_ms"] = fwd_bwd
     # The ops alone, against the bandwidth floor.
     k, g = 5, 1
     _, logits, offsets, masks = B.op_inputs(n, c, h, w, k, g, scale, dev, dtype)
-    log(f"  s={scale} fused ops ...")
-    dlu_ms = B.time_ms(lambda: ops.dlu_upsample(x, logits, offsets, k, g, scale), dev)[0]
-    carafe_ms = B.time_ms(lambda: ops.carafe(x, masks, k, g, scale), dev)[0]
+    calls["ops", "dlu_op_ms"] = lambda: ops.dlu_upsample(x, logits, offsets, k, g, scale)
+    calls["ops", "carafe_op_ms"] = lambda: ops.carafe(x, masks, k, g, scale)
+    passes = [what for what in ("fwd_ms", "fwd_bwd_ms") if ("DLU", what) in calls]
+    if gpu:
+        times = {}
+        for key, fn in calls.items():
+            log(f"  s={scale} {' '.join(key)} ...")
+            times[key] = B.time_ms(fn, dev)
+        # the quantiles' ratios: the slowest DLU against the fastest CARAFE and the reverse
+        ratios = {what: (times["DLU", what][0] / times["CARAFEPack", what][0],
+                         times["DLU", what][1] / times["CARAFEPack", what][2],
+                         times["DLU", what][2] / times["CARAFEPack", what][1]) for what in passes}
+    else:
+        log(f"  s={scale}: {len(calls)} calls, {args.rounds} interleaved rounds ...")
+        samples = B.interleaved_ms(calls, args.rounds)
+        times = {key: B.quantiles(t) for key, t in samples.items()}
+        ratios = {what: B.quantiles([d / cp for d, cp in zip(samples["DLU", what], samples["CARAFEPack", what])])
+                  for what in passes}
+    for (method, what), t in times.items():
+        if method != "ops":
+            rows[method][what] = t
+    for method in B.METHODS if not args.forward_only else ():
+        rows[method]["peak_mib"] = B.peak_memory_mib(calls[method, "fwd_bwd_ms"], dev)  # after timing: warm
     size = x.element_size()
     floor = None
     if bandwidth:
         floor = dict(dlu_floor_ms=B.dlu_bytes(n, c, h, w, k, g, scale, size) / bandwidth * 1e3,
                      carafe_floor_ms=B.carafe_bytes(n, c, h, w, k, g, scale, size) / bandwidth * 1e3)
-    return dict(scale=scale, input=(n, c, h, w), methods=rows, dlu_op_ms=dlu_ms, carafe_op_ms=carafe_ms, floor=floor)
+    return dict(scale=scale, input=(n, c, h, w), methods=rows, ratios=ratios, dlu_op_ms=times["ops", "dlu_op_ms"],
+                carafe_op_ms=times["ops", "carafe_op_ms"], floor=floor)
 
 
 def fmt_ms(t):
-    return "-" if t is None else f"{t[0]:.3f}"
+    """A median and, after it, half its q20-q80 range in percent of it."""
+    return "-" if t is None else f"{t[0]:.3f} ±{50 * (t[2] - t[1]) / t[0]:.0f}%"
 
 
-def print_table(res, forward_only, out=sys.stdout):
+def fmt_ratio(r):
+    return f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})"
+
+
+def print_table(res, forward_only):
     n, c, h, w = res["input"]
     s = res["scale"]
-    print(f"\nscale {s}x: input {n}x{c}x{h}x{w} -> output {s * h}x{s * w}", file=out)
-    head = f"{'method':<11} {'params':>10} {'GFLOPs':>8} {'fwd ms':>8}"
+    print(f"\nscale {s}x: input {n}x{c}x{h}x{w} -> output {s * h}x{s * w}")
+    head = f"{'method':<11} {'params':>10} {'GFLOPs':>8} {'fwd ms':>14}"
     if not forward_only:
-        head += f" {'fwd+bwd ms':>10} {'peak MiB':>9}"
-    print(head, file=out)
+        head += f" {'fwd+bwd ms':>14} {'peak MiB':>9}"
+    print(head)
     for method, r in res["methods"].items():
-        line = f"{method:<11} {r['params']:>10,} {r['gflops']:>8.2f} {fmt_ms(r['fwd_ms']):>8}"
+        line = f"{method:<11} {r['params']:>10,} {r['gflops']:>8.2f} {fmt_ms(r['fwd_ms']):>14}"
         if not forward_only:
             peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-            line += f" {fmt_ms(r['fwd_bwd_ms']):>10} {peak:>9}"
-        print(line, file=out)
-    d, cp = res["methods"]["DLU"], res["methods"]["CARAFEPack"]
-    ratio = f"DLU/CARAFE: params {d['params'] / cp['params']:.2f}, FLOPs {d['gflops'] / cp['gflops']:.2f}, fwd {d['fwd_ms'][0] / cp['fwd_ms'][0]:.2f}"
+            line += f" {fmt_ms(r['fwd_bwd_ms']):>14} {peak:>9}"
+        print(line)
+    d, cp, ratios = res["methods"]["DLU"], res["methods"]["CARAFEPack"], res["ratios"]
+    ratio = (f"DLU/CARAFE: params {d['params'] / cp['params']:.2f}, FLOPs {d['gflops'] / cp['gflops']:.2f}, "
+             f"fwd {fmt_ratio(ratios['fwd_ms'])}")
     if not forward_only:
-        ratio += f", fwd+bwd {d['fwd_bwd_ms'][0] / cp['fwd_bwd_ms'][0]:.2f}"
-    print(ratio, file=out)
-    f = res["floor"]
-    ops_line = f"ops alone (k=5): dlu_upsample {res['dlu_op_ms']:.3f} ms, carafe {res['carafe_op_ms']:.3f} ms"
+        ratio += f", fwd+bwd {fmt_ratio(ratios['fwd_bwd_ms'])}"
+    print(ratio)
+    f, dlu, carafe = res["floor"], res["dlu_op_ms"], res["carafe_op_ms"]
+    ops_line = f"ops alone (k=5): dlu_upsample {fmt_ms(dlu)} ms, carafe {fmt_ms(carafe)} ms"
     if f:
         ops_line += (f"; floor {f['dlu_floor_ms']:.3f} / {f['carafe_floor_ms']:.3f} ms"
-                     f" = {f['dlu_floor_ms'] / res['dlu_op_ms']:.0%} / {f['carafe_floor_ms'] / res['carafe_op_ms']:.0%} of bandwidth")
-    print(ops_line, file=out)
+                     f" = {f['dlu_floor_ms'] / dlu[0]:.0%} / {f['carafe_floor_ms'] / carafe[0]:.0%} of bandwidth")
+    print(ops_line)
+
+
+def load_line(when):
+    """The machine's load, flagged where it leaves the timed threads less than their cores."""
+    load = B.machine_load()
+    if load is None:
+        return f"load average {when}: unknown on this OS"
+    threads = torch.get_num_threads()
+    line = f"load average {when}: {load[0]:.2f} (1 min) on {load[1]} cores, {threads} threads timed"
+    if B.looks_loaded(*load, threads):
+        line += (" -- LOADED: other processes compete for these cores, so times are slower and noisier than on an "
+                 "idle machine; trust the ratios only within their printed ranges")
+    return line
 
 
 def plot(results, path):
@@ -116,10 +163,10 @@ def compare(args):
     gpu = torch.device(args.device).type == "cuda"
     args.channels = args.channels or (256 if gpu else 64)
     args.batch = args.batch or (2 if gpu else 1)
-    args.output_size = args.output_size or (256 if gpu else 64)
     info = B.env_info(args.device)
     if gpu:
-        print(f"dlu-triton compare on {info['gpu']}, {args.dtype}, torch {info['torch']}, triton {info['triton']}, {info['date']}")
+        print(f"dlu-triton compare on {info['gpu']}, {args.dtype}, torch {info['torch']}, triton {info['triton']}, "
+              f"{info['date']}")
         bandwidth = B.copy_bandwidth(args.device)
         print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
     else:
@@ -129,14 +176,22 @@ def compare(args):
                 else f"the CPU path (dlu_triton.cpu, {form}), not the Triton kernels")
         print(f"dlu-triton compare on CPU ({info['cpu']}, {torch.get_num_threads()} threads): NO GPU, so this times "
               f"{path}; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
+        print(f"times: medians of {args.rounds} rounds, each timing every call of a scale in turn, ±half the "
+              "q20-q80 range; DLU/CARAFE: the median (q20-q80) of the rounds' ratios")
+        info["load_start"] = B.machine_load()
+        print(load_line("at the start"))
         bandwidth = None
     results = []
     for scale in args.scales:
         results.append(measure_scale(args, scale, bandwidth, lambda m: print(m, file=sys.stderr, flush=True)))
         print_table(results[-1], args.forward_only)
+    if not gpu:
+        info["load_end"] = B.machine_load()
+        print("\n" + load_line("at the end"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(env=info, args=vars(args), bandwidth_GBps=bandwidth and bandwidth / 1e9, results=results), f, indent=1)
+            json.dump(dict(env=info, args=vars(args), bandwidth_GBps=bandwidth and bandwidth / 1e9, results=results), f,
+                      indent=1)
     if args.plot:
         plot(results, args.plot)
 

@@ -1,10 +1,14 @@
 """Measurement helpers shared by `python -m dlu_triton compare` and `benchmarks/`.
 
 Timings are medians (with 20%/80% quantiles) of synchronised runs: `triton.testing.do_bench`
-on CUDA, wall-clock around whole calls on CPU. Bytes are the minimal traffic: every input read
-once, every output written once.
+on CUDA, wall-clock around whole calls on CPU. On a CPU, which other processes share, several
+calls are timed in interleaved rounds (`interleaved_ms`), so a change of load falls on all of
+them alike and their ratios can be taken round by round. Bytes are the minimal traffic: every
+input read once, every output written once.
 """
 import datetime
+import math
+import os
 import platform
 import statistics
 import time
@@ -13,9 +17,15 @@ import torch
 import triton
 
 from . import flops
-from .modules import CARAFEPack, DLU
+from .modules import DLU, CARAFEPack
 
 METHODS = ("nearest", "bilinear", "CARAFEPack", "DLU")
+
+
+def quantiles(samples):
+    """(median, q20, q80) of samples, within their range (interpolated, never extrapolated)."""
+    q = statistics.quantiles(samples, n=5, method="inclusive") if len(samples) > 1 else samples * 4
+    return statistics.median(samples), q[0], q[3]
 
 
 def time_ms(fn, device, reps=None):
@@ -28,8 +38,47 @@ def time_ms(fn, device, reps=None):
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(samples, n=5) if len(samples) > 1 else samples * 4
-    return statistics.median(samples), q[0], q[3]
+    return quantiles(samples)
+
+
+def interleaved_ms(calls, rounds, min_sample_ms=20.0):
+    """CPU times of several calls ({key: fn}) in milliseconds per call, {key: [one per round]}.
+    Each round times every call once, in turn, so a change in the machine's load falls on all of
+    them alike and a ratio of two calls can be taken round by round. A sample repeats its call
+    enough times to last min_sample_ms (the count set by a timed call after a warm-up one), so
+    that even a call of microseconds is timed over many of the scheduler's ticks."""
+    repeats = {}
+    for key, fn in calls.items():
+        fn()  # warm-up: first-call costs (the CPU kernel's build, allocations)
+        t0 = time.perf_counter()
+        fn()
+        repeats[key] = max(1, math.ceil(min_sample_ms / max((time.perf_counter() - t0) * 1e3, 1e-3)))
+    samples = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(repeats[key]):
+                fn()
+            samples[key].append((time.perf_counter() - t0) * 1e3 / repeats[key])
+    return samples
+
+
+def machine_load():
+    """(1-minute load average, CPU cores this process may use), or None where the OS has no load
+    average: other processes' demand for the cores the CPU timings run on."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return load, cores
+
+
+def looks_loaded(load, cores, threads):
+    """Whether a 1-minute load average of `load` on `cores` cores leaves `threads` threads less
+    than their cores: more than half a core's worth of demand beyond what the cores free of them
+    hold. (OpenMP's threads wait for each other, so one of them descheduled holds up all.)"""
+    return load > max(0, cores - threads) + 0.5
 
 
 def sync(device):
@@ -101,8 +150,17 @@ def env_info(device):
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
-        info["cpu"] = platform.processor() or platform.machine()
+        info["cpu"] = _cpu_model()
     return info
+
+
+def _cpu_model():
+    """The CPU's model name where the OS lists it (Linux), else its architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def upsampler(method, channels, scale):
