@@ -98,6 +98,7 @@ def _band_kernel(
     BLOCK_C: tl.constexpr,  # channels a product (within one group)
     EVEN_C: tl.constexpr,  # 1: BLOCK_C divides CPG, so the feature loads need no channel mask
     EVEN_P: tl.constexpr,  # 1: every point of every tile exists (BY | H, BX | W, BSY | s, s a power of two)
+    FIT: tl.constexpr,  # 1: the image is at least a window high and wide (the window moved into it)
     PARTS: tl.constexpr,  # 2: K split into the features' 16-bit dtype and its remainder; 1: K as is
     DOT: tl.constexpr,  # the products' operand dtype: the features' (float32 for bfloat16 in the interpreter)
     PRECISION: tl.constexpr,  # tl.dot input precision (targets.dot_precision)
@@ -129,13 +130,23 @@ def _band_kernel(
     py = tl.arange(0, PTS) // (ROW * BSY)
     px = tl.arange(0, PTS) % ROW // SXP
 
-    # The window [WTP]: the taps of every point of the tile, rows of WU consecutive pixels
+    # The window [WTP]: WV rows of WU consecutive pixels from (jy0, jx0), holding the taps of
+    # every point of the tile. With FIT it is moved into the image at its edges, so its loads
+    # need no per-pixel mask (which would stop the lanes running along its rows); the taps that
+    # fall outside the image then have no window position, and drop out of the band.
     wt = tl.arange(0, WTP)
     wy = wt // WU
     wx = wt % WU
-    jy = iy0 + (wy - R)
-    jx = ix0 + (wx - R)
-    w_ok = (wt < WV * WU) & (jy >= 0) & (jy < H) & (jx >= 0) & (jx < W)
+    if FIT:
+        jy0 = tl.minimum(tl.maximum(iy0 - R, 0), H - WV)
+        jx0 = tl.minimum(tl.maximum(ix0 - R, 0), W - WU)
+        w_ok = wt < WV * WU
+    else:
+        jy0 = iy0 - R
+        jx0 = ix0 - R
+        w_ok = (wt < WV * WU) & (jy0 + wy >= 0) & (jy0 + wy < H) & (jx0 + wx >= 0) & (jx0 + wx < W)
+    jy = jy0 + wy
+    jx = jx0 + wx
 
     # K [PTS, KKP], once for all the group's channels
     j = tl.arange(0, KKP)
@@ -156,10 +167,10 @@ def _band_kernel(
         kv = tl.load(k_base + ((g * KK + j) * skc)[None, :] + (oy * sky + ox * skx)[:, None],
                      mask=p_ok[:, None] & (j < KK)[None, :], other=0.0).to(ACC)
 
-    # Kband [PTS, WTP]: window tap w of point p is its tap (wy - py, wx - px) where that lies in
-    # the k x k square (a padding tap, wy >= WV, never does)
-    ty = wy[None, :] - py[:, None]
-    tx = wx[None, :] - px[:, None]
+    # Kband [PTS, WTP]: window tap w of point p is its tap (ty, tx) where that lies in the k x k
+    # square (a padding tap, wy >= WV, never does)
+    ty = wy[None, :] - (py + (iy0 - R - jy0))[:, None]
+    tx = wx[None, :] - (px + (ix0 - R - jx0))[:, None]
     band = (ty >= 0) & (ty < KS) & (tx >= 0) & (tx < KS)
     kb = tl.where(band, tl.gather(kv, tl.where(band, ty * KS + tx, 0), axis=1), 0.0)
     kb_hi = kb.to(x_ptr.dtype.element_ty)
@@ -172,7 +183,14 @@ def _band_kernel(
     cb = tl.arange(0, BLOCK_C)
     x_off = (jy * sxy + jx * sxx)[:, None] + (cb * sxc)[None, :]
     o_off = (oy * suy + ox * sux)[:, None] + (cb * suc)[None, :]
+    # The reference multiplies a tap outside the image as K * 0: NaN for a non-finite K. Such a
+    # tap dropped from a moved window makes the tile take the exact path.
     bad = 0
+    if FIT:
+        ty_j = iy[:, None] + (j // KS - R)[None, :]
+        tx_j = ix[:, None] + (j % KS - R)[None, :]
+        lost = p_ok[:, None] & (j < KK)[None, :] & ((ty_j < 0) | (ty_j >= H) | (tx_j < 0) | (tx_j >= W))
+        bad = tl.sum(tl.where(lost & (kv - kv != 0), 1, 0))
     for c0 in range(0, CPG, BLOCK_C):
         c_ok = channel_mask(c0 + cb, CPG, BLOCK_C, EVEN_C)
         c = (g * CPG + c0).to(IDX)
@@ -286,6 +304,7 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor, b
         BY=by, BX=bx, BSY=bsy, WTP=window_taps(kernel_size, by, bx),
         BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
         EVEN_P=int(h % by == 0 and w % bx == 0 and s % bsy == 0 and s == pow2(s)),
+        FIT=int(h >= by + kernel_size - 1 and w >= bx + kernel_size - 1),
         PARTS=parts, DOT=dot_dtype(features),
         PRECISION=dot_precision(features) if parts == 2 else dot_precision(features, kernels),
         TIES_LAST=TIES_LAST, ACC=acc_dtype(features), IDX=index_dtype(features, kernels, off, out),
