@@ -33,6 +33,9 @@ def parse(argv):
                    help="side of the upsampled output; the input is output-size/scale (default 256)")
     c.add_argument("--rounds", type=int, default=15,
                    help="CPU: interleaved timing rounds (default 15); CUDA times with do_bench")
+    c.add_argument("--threads", type=int, default=None,
+                   help="CPU: threads to time (default torch's; 1 where the load average says other processes "
+                        "compete for the cores)")
     c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     c.add_argument("--forward-only", action="store_true", help="skip forward+backward timings")
@@ -127,13 +130,15 @@ def print_table(res, forward_only):
     print(ops_line)
 
 
-def load_line(when):
-    """The machine's load, flagged where it leaves the timed threads less than their cores."""
-    load = B.machine_load()
+def threads_text(n):
+    return f"{n} thread" + "s" * (n != 1)
+
+
+def load_line(when, load, threads):
+    """The machine's load (machine_load()), flagged where it leaves `threads` less than their cores."""
     if load is None:
         return f"load average {when}: unknown on this OS"
-    threads = torch.get_num_threads()
-    line = f"load average {when}: {load[0]:.2f} (1 min) on {load[1]} cores, {threads} threads timed"
+    line = f"load average {when}: {load[0]:.2f} (1 min) on {load[1]} cores, {threads_text(threads)} timed"
     if B.looks_loaded(*load, threads):
         line += (" -- LOADED: other processes compete for these cores, so times are slower and noisier than on an "
                  "idle machine; trust the ratios only within their printed ranges")
@@ -174,12 +179,19 @@ def compare(args):
                 else "blocked weighted gathers: no C compiler built its kernel")
         path = ("Triton's interpreter (TRITON_INTERPRET=1), which is slow" if os.environ.get("TRITON_INTERPRET") == "1"
                 else f"the CPU path (dlu_triton.cpu, {form}), not the Triton kernels")
-        print(f"dlu-triton compare on CPU ({info['cpu']}, {torch.get_num_threads()} threads): NO GPU, so this times "
-              f"{path}; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
+        info["load_start"] = load = B.machine_load()
+        # OpenMP's threads wait for each other at every parallel region: with more of them than
+        # the cores the load leaves free, a call's time is mostly the waits for descheduled ones.
+        loaded = load is not None and B.looks_loaded(*load, torch.get_num_threads())
+        torch.set_num_threads(args.threads or (1 if loaded else torch.get_num_threads()))
+        print(f"dlu-triton compare on CPU ({info['cpu']}, {threads_text(torch.get_num_threads())}): NO GPU, so this "
+              f"times {path}; params and FLOPs are exact. {args.dtype}, torch {info['torch']}, {info['date']}")
         print(f"times: medians of {args.rounds} rounds, each timing every call of a scale in turn, ±half the "
               "q20-q80 range; DLU/CARAFE: the median (q20-q80) of the rounds' ratios")
-        info["load_start"] = B.machine_load()
-        print(load_line("at the start"))
+        print(load_line("at the start", load, torch.get_num_threads()))
+        if loaded and not args.threads:
+            print("so one thread is timed: OpenMP's threads wait for each other, and with more of them than free "
+                  "cores a time measures those waits more than the work (--threads N to time N)")
         bandwidth = None
     results = []
     for scale in args.scales:
@@ -187,7 +199,7 @@ def compare(args):
         print_table(results[-1], args.forward_only)
     if not gpu:
         info["load_end"] = B.machine_load()
-        print("\n" + load_line("at the end"))
+        print("\n" + load_line("at the end", info["load_end"], torch.get_num_threads()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(env=info, args=vars(args), bandwidth_GBps=bandwidth and bandwidth / 1e9, results=results), f,

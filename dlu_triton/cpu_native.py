@@ -22,6 +22,7 @@ Without a compiler that builds it, `library()` is None, one RuntimeWarning per p
 what it costs and how to fix it, and dlu_triton.cpu computes forward and backward with
 embedding_bag gathers instead.
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -119,7 +120,8 @@ def _compile(compiler, flags, out):
     try:
         _, err = process.communicate(timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the group may have ended meanwhile
+            os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise _Unavailable(f"{shlex.join(compiler)} did not finish building it in {BUILD_TIMEOUT} s",
                            "set CC to a C compiler that works, or raise dlu_triton.cpu_native.BUILD_TIMEOUT") from None

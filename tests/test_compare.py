@@ -1,5 +1,6 @@
 """`python -m dlu_triton compare` on a CPU: every call of a scale timed in interleaved rounds, the
 spread printed beside each time and ratio, and a loaded machine said so in the header."""
+import functools
 import re
 
 import pytest
@@ -7,22 +8,33 @@ import pytest
 from dlu_triton import __main__ as cli
 from dlu_triton import benchmark as B
 
-TINY = ["compare", "--device", "cpu", "--scales", "2", "--channels", "4", "--output-size", "8", "--rounds", "3"]
+TINY = ["compare", "--device", "cpu", "--scales", "2", "--channels", "4", "--output-size", "8", "--rounds", "2"]
 
 
 @pytest.fixture
 def cpu_path(monkeypatch):
-    """compare as a user runs it: the CPU path, not Triton's interpreter (which the suite sets)."""
+    """compare as a user runs it: the CPU path, not Triton's interpreter (which the suite sets);
+    samples of 1 ms rather than 20, to keep the test short."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(B, "interleaved_ms", functools.partial(B.interleaved_ms, min_sample_ms=1.0))
 
 
-@pytest.mark.parametrize("load,flagged", [(0.1, False), (3.0, True)])
-def test_compare_on_cpu_prints_spreads_and_flags_a_loaded_machine(load, flagged, cpu_path, monkeypatch, capsys):
+@pytest.mark.parametrize("load,threads,timed", [(0.1, [], 2), (3.0, [], 1), (3.0, ["--threads", "2"], 2)],
+                         ids=["idle", "loaded", "loaded, --threads 2"])
+def test_compare_on_cpu_prints_spreads_and_flags_a_loaded_machine(load, threads, timed, cpu_path, monkeypatch,
+                                                                   capsys):
+    """Every time and ratio with its spread; a loaded machine (the load average faked here) said
+    so at the start and the end, and timed with one thread unless told otherwise (torch's thread
+    count, 2, faked too)."""
+    counts = [2]
     monkeypatch.setattr(B, "machine_load", lambda: (load, 2))
-    monkeypatch.setattr(cli.torch, "get_num_threads", lambda: 2)
-    cli.main(TINY)
+    monkeypatch.setattr(cli.torch, "get_num_threads", lambda: counts[-1])
+    monkeypatch.setattr(cli.torch, "set_num_threads", counts.append)
+    cli.main(TINY + threads)
     out = capsys.readouterr().out
-    assert out.count("LOADED") == (2 if flagged else 0), out  # at the start and at the end
+    assert counts[-1] == timed and f"cores, {timed} thread{'s' * (timed != 1)} timed" in out, out
+    assert out.count("LOADED") == (2 if load > 1 else 0), out  # at the start and at the end
+    assert ("so one thread is timed" in out) == (load > 1 and not threads), out
     assert re.search(r"^DLU +[\d,]+ +[\d.]+ +[\d.]+ ±\d+% +[\d.]+ ±\d+%", out, re.M), out
     assert re.search(r"fwd \d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\), fwd\+bwd \d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\)", out), out
 
