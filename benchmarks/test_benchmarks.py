@@ -113,7 +113,7 @@ def test_modules(bench, scale, method, direction):
 @pytest.mark.skipif(GPU, reason="the CPU paths' script (benchmarks/cpu_paths.py) times the CPU")
 def test_cpu_paths_script_rows_run(tmp_path):
     """Every row of benchmarks/cpu_paths.py runs at a tiny shape (ONNX export included), so the
-    script cannot rot between the sessions that time it; its table is docs/results/cpu-paths.md."""
+    script cannot rot between the runs that time it; its table is docs/results/cpu-paths.md."""
     pytest.importorskip("onnxruntime")
     from . import cpu_paths
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "tests" / "data" / "mmcv-carafe" / "README.md"]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+        ROOT / "tests" / "data" / "mmcv-carafe" / "README.md"]
 # Paths a doc names as the output of a command, as history (the deleted candidate patches), or
 # in another repository (mmcv's tests/data/for_carafe).
 ELSEWHERE = re.compile(r"benchmarks/candidates|examples/curves\.png$|for_carafe")

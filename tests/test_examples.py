@@ -33,7 +33,8 @@ def test_flop_counter_counts_the_fused_op_in_the_example_model(example):
 
 def test_example_trains_every_upsampler(example, tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the CPU path: the interpreter is too slow for whole images
-    results = example.main(["--steps", "3", "--batch", "2", "--crop", "32", "--eval-every", "3", "--out", str(tmp_path)])
+    args = ["--steps", "3", "--batch", "2", "--crop", "32", "--eval-every", "3", "--out", str(tmp_path)]
+    results = example.main(args)
     assert [r["method"] for r in results] == example.METHODS
     assert all(len(r["psnr"]) == len(example.HELD_OUT) and all(15 < p < 60 for p in r["psnr"]) for r in results)
     dlu = results[-1]

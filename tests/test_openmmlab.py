@@ -35,7 +35,8 @@ def reference_path(monkeypatch):
 
 UPSAMPLERS = [dict(type="nearest"), dict(type="bilinear"), dict(type="deconv", upsample_kernel=3),
               dict(type="pixel_shuffle", upsample_kernel=3), dict(type="carafe", up_kernel=3),
-              dict(type="dlu", up_kernel=3, compressed_channels=8), dict(type="DLU", up_group=2, up_kernel=3, compressed_channels=8),
+              dict(type="dlu", up_kernel=3, compressed_channels=8),
+              dict(type="DLU", up_group=2, up_kernel=3, compressed_channels=8),
               dict(type="CARAFEPack", compressed_channels=8)]
 
 

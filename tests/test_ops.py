@@ -107,10 +107,12 @@ def test_channels_last_and_strided_inputs(device, path):
     masks.requires_grad_()
     out = dlu_triton.carafe(features, masks, k, g, s)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    check_against_reference("carafe", [features, masks], grad, out, torch.autograd.grad(out, [features, masks], grad), k, g, s)
+    grads = torch.autograd.grad(out, [features, masks], grad)
+    check_against_reference("carafe", [features, masks], grad, out, grads, k, g, s)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="on CPU, Triton's interpreter copies every argument to host memory itself")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="on CPU, Triton's interpreter copies every argument to host memory itself")
 def test_channels_last_is_read_in_place():
     """No hidden copy of a features- or output-sized tensor in the launchers: they read the layout."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -146,7 +148,8 @@ def test_empty_batch(device, path):
     assert out.shape == (0, 4, 6, 10)
     out.sum().backward()
     assert all(t.grad.shape == t.shape for t in inputs)
-    features, masks = (t.requires_grad_() for t in carafe_inputs(0, 4, 3, 5, 3, 1, 2, dtype=exact_dtype(device), device=device))
+    inputs = carafe_inputs(0, 4, 3, 5, 3, 1, 2, dtype=exact_dtype(device), device=device)
+    features, masks = (t.requires_grad_() for t in inputs)
     out = dlu_triton.carafe(features, masks, 3, 1, 2)
     assert out.shape == (0, 4, 6, 10)
     out.sum().backward()
@@ -161,8 +164,9 @@ def test_gradcheck(device, path):
 
 
 def test_opcheck(device, path):
-    torch.library.opcheck(torch.ops.dlu_triton.dlu_upsample, (*dlu_inputs(2, 4, 3, 5, 3, 2, 2, dtype=exact_dtype(device), device=device), 3, 2, 2))
-    torch.library.opcheck(torch.ops.dlu_triton.carafe, (*carafe_inputs(2, 4, 3, 5, 3, 2, 2, dtype=exact_dtype(device), device=device), 3, 2, 2))
+    shape = dict(dtype=exact_dtype(device), device=device)
+    torch.library.opcheck(torch.ops.dlu_triton.dlu_upsample, (*dlu_inputs(2, 4, 3, 5, 3, 2, 2, **shape), 3, 2, 2))
+    torch.library.opcheck(torch.ops.dlu_triton.carafe, (*carafe_inputs(2, 4, 3, 5, 3, 2, 2, **shape), 3, 2, 2))
 
 
 @pytest.mark.parametrize("op", ["dlu", "carafe"])
@@ -209,7 +213,8 @@ def test_compiled_module_has_no_graph_break(device, path, monkeypatch):
     launches = []
     for module, name in ((forward, "dlu_forward"), (backward, "dlu_backward")):
         real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **kw: launches.append(_name) or _real(*a, **kw))
+        monkeypatch.setattr(module, name,
+                            lambda *a, _real=real, _name=name, **kw: launches.append(_name) or _real(*a, **kw))
     backend = "inductor" if device == "cuda" else "aot_eager"
     dtype = exact_dtype(device)
     module = dlu_triton.DLU(8, 2, up_kernel=3, compressed_channels=4).to(device, dtype)
@@ -229,8 +234,8 @@ def test_compiled_module_has_no_graph_break(device, path, monkeypatch):
 
 
 def good_dlu(device="cpu"):
-    f, l, o = dlu_inputs(2, 8, 4, 5, 3, 2, 2, device=device)
-    return dict(features=f, kernel_logits=l, offsets=o, kernel_size=3, group_size=2, scale_factor=2)
+    features, logits, offsets = dlu_inputs(2, 8, 4, 5, 3, 2, 2, device=device)
+    return dict(features=features, kernel_logits=logits, offsets=offsets, kernel_size=3, group_size=2, scale_factor=2)
 
 
 # The integer arguments, checked alike for both ops (ops._check_common).
@@ -326,7 +331,8 @@ def deterministic():
 def backward_runs(device, runs):
     """The three DLU gradients, `runs` times over, for inputs where many sampling points share
     corners (large offsets pile them on the border), so atomics collide."""
-    inputs = [t.requires_grad_() for t in dlu_inputs(1, 4, 4, 5, 3, 1, 2, dtype=exact_dtype(device), device=device, offset_scale=10.0)]
+    inputs = dlu_inputs(1, 4, 4, 5, 3, 1, 2, dtype=exact_dtype(device), device=device, offset_scale=10.0)
+    inputs = [t.requires_grad_() for t in inputs]
     out = dlu_triton.dlu_upsample(*inputs, 3, 1, 2)
     grad = torch.randn_like(out)
     return inputs, grad, [torch.autograd.grad(out, inputs, grad, retain_graph=True) for _ in range(runs)]
@@ -343,7 +349,8 @@ def test_deterministic_mode_is_bitwise_reproducible(device, path, deterministic,
         assert all(torch.equal(a, b) for a, b in zip(runs[0], again))
     out = dlu_triton.dlu_upsample(*inputs, 3, 1, 2)
     check_against_reference("dlu", inputs, grad, out, runs[0], 3, 1, 2)
-    features, masks = (t.requires_grad_() for t in carafe_inputs(1, 4, 2, 3, 3, 1, 2, dtype=exact_dtype(device), device=device))
+    inputs = carafe_inputs(1, 4, 2, 3, 3, 1, 2, dtype=exact_dtype(device), device=device)
+    features, masks = (t.requires_grad_() for t in inputs)
     dlu_triton.carafe(features, masks, 3, 1, 2).sum().backward()
     assert features.grad is not None and masks.grad is not None
 

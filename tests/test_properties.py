@@ -22,8 +22,10 @@ from .test_ops import check_against_reference, run_dlu
 EXAMPLES = int(os.environ.get("DLU_TRITON_PROPERTY_EXAMPLES", "2"))
 DEVICE = DEVICES[-1]  # the GPU where there is one, else the CPU (the interpreter under TRITON_INTERPRET=1)
 DTYPES = ([torch.float64] if DEVICE == "cpu" else []) + [torch.float32, torch.float16, torch.bfloat16]
-pytestmark = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETING,
-                                reason="on CPU the kernels run only with TRITON_INTERPRET=1; without it this would test the reference against itself")
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and not INTERPRETING,
+    reason="on CPU the kernels run only with TRITON_INTERPRET=1; "
+           "without it this would test the reference against itself")
 
 SWEEP = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 20,
                  # the autouse seed and poisoning fixtures hold for every example
@@ -44,7 +46,10 @@ def cases(draw):
     # On a GPU: rows longer than a block and several channel blocks.
     c = g * draw(st.integers(1, 3 if DEVICE == "cpu" else 40))
     w = draw(st.integers(1, 6 if DEVICE == "cpu" else 80))
-    h_max = min(5, BUDGET // (n * g * s * s * k * k)) if DEVICE == "cpu" else max(1, min(24, 2**19 // (n * c * s * s * w)))
+    if DEVICE == "cpu":
+        h_max = min(5, BUDGET // (n * g * s * s * k * k))
+    else:
+        h_max = max(1, min(24, 2**19 // (n * c * s * s * w)))
     return dict(
         n=n, c=c, h=draw(st.integers(1, h_max)), w=w, k=k, g=g, s=s,
         channels_last=draw(st.booleans()), offset_scale=draw(st.sampled_from([0.3, 3.0, 30.0])),

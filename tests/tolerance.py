@@ -28,8 +28,10 @@ def assert_close(name, actual, expected, lowp=None):
     bad = ~(err <= bound)  # NaN counts as bad
     if bad.any():
         idx = bad.nonzero()[:5]
-        lines = [f"  at {tuple(i.tolist())}: got {a[tuple(i)].item():.8g}, expected {e[tuple(i)].item():.8g}" for i in idx]
+        lines = [f"  at {tuple(i.tolist())}: got {a[tuple(i)].item():.8g}, expected {e[tuple(i)].item():.8g}"
+                 for i in idx]
+        worst = err.nan_to_num(float("inf")).max().item()
         raise AssertionError(
-            f"{name}: {int(bad.sum())} of {a.numel()} elements off (max error {err.nan_to_num(float('inf')).max().item():.3g}, "
+            f"{name}: {int(bad.sum())} of {a.numel()} elements off (max error {worst:.3g}, "
             f"bound {bound:.3g}); first:\n" + "\n".join(lines)
         )

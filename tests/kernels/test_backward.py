@@ -7,16 +7,17 @@ import triton.language as tl
 from dlu_triton import reference
 from dlu_triton.kernels import backward, launch
 
+from ..conftest import exact_dtype
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
-from .test_forward import PRODUCTS, SCALES, WIDE, dtype_for
+from .test_forward import PRODUCTS, SCALES, WIDE
 
 
 def check_backward(shape, device, offsets=None):
     """Both backward launchers against the float64 reference's gradients (DLU's with `offsets`,
     a function of the random ones, if given)."""
     n, c, h, w, k, g, s = shape
-    dt = dtype_for(device)
+    dt = exact_dtype(device)
     inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
     if offsets:
         inputs = (*inputs[:2], offsets(inputs[2]))
@@ -78,7 +79,7 @@ def test_backward_offsets_within_a_pixel(kernel_device, shape):
 
 
 def test_backward_does_not_write_into_the_incoming_gradient(kernel_device):
-    inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=dtype_for(kernel_device), device=kernel_device)
+    inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=exact_dtype(kernel_device), device=kernel_device)
     grad = torch.randn(1, 4, 6, 8, dtype=inputs[0].dtype, device=kernel_device)
     before = grad.clone()
     grads = backward.dlu_backward(grad, *inputs, 3, 1, 2)
@@ -95,7 +96,7 @@ def check_step(which, shape, device):
     """One step of CARAFE's backward alone, into a buffer poisoned with NaN, against the float64
     reference: the features' gradient (which = 0) or the masks' (1)."""
     n, c, h, w, k, g, s = shape
-    dt = dtype_for(device)
+    dt = exact_dtype(device)
     features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
     grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=device)
     got = torch.full_like((features, masks)[which], float("nan"))
@@ -162,7 +163,7 @@ def test_mask_gradient_banded_products_nonfinite(kernel_device, monkeypatch):
     non-finite exactly the reference's entries of dK."""
     monkeypatch.setattr(backward, "mask_grad_dot_blocks", lambda cpg, s, k: (banded_rows(s), 8, 16, 2))
     n, c, h, w, k, g, s = BANDED[0]
-    dt = dtype_for(kernel_device)
+    dt = exact_dtype(kernel_device)
     features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
     grad = torch.randn(n, c, s * h, s * w, dtype=dt, device=kernel_device)
     features[0, 3, 1, 5] = float("inf")

@@ -100,7 +100,8 @@ def test_tiles_fit():
                     block_c, block_p, sxb = tuning.feature_grad_blocks(cpg, row, s, k)
                     halo = 2 * (k // 2)
                     assert block_p > halo and block_p <= max(32, triton.next_power_of_2(halo + 1))
-                    assert block_c * triton.next_power_of_2(k) * block_p <= 8192 and block_c <= min(32, triton.next_power_of_2(cpg))
+                    assert block_c * triton.next_power_of_2(k) * block_p <= 8192
+                    assert block_c <= min(32, triton.next_power_of_2(cpg))
                     assert s % sxb == 0 and sxb in (1, 2)
                 block_c, block_p, block_sy, warps = tuning.forward_blocks(cpg, row, s)
                 assert block_c * block_p * block_sy * sxp <= 8192 and block_sy <= sxp

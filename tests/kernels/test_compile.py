@@ -38,7 +38,8 @@ def check_matrix(targets):
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and not line.startswith("| target")]
     assert [row.split(" | ")[0][2:] for row in rows] == targets, run.stdout
-    modules = [importlib.import_module(f"dlu_triton.kernels.{m.name}") for m in pkgutil.iter_modules(dlu_triton.kernels.__path__)]
+    modules = [importlib.import_module(f"dlu_triton.kernels.{m.name}")
+               for m in pkgutil.iter_modules(dlu_triton.kernels.__path__)]
     kernels = {name for module in modules for name in vars(module)
                if name.startswith("_") and name.endswith("_kernel")}
     compiled = next(line for line in run.stdout.splitlines() if line.startswith("kernels: ")).split()[1:]

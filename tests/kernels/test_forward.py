@@ -1,12 +1,12 @@
 """The forward launchers directly, on shapes that need several row and channel blocks per
 program grid, and with 64-bit indexing forced on."""
 import pytest
-import torch
 import triton.language as tl
 
 from dlu_triton import reference
 from dlu_triton.kernels import forward
 
+from ..conftest import exact_dtype
 from ..inputs import carafe_inputs, dlu_inputs
 from ..tolerance import assert_close
 
@@ -14,16 +14,13 @@ from ..tolerance import assert_close
 WIDE = (1, 260, 2, 37, 3, 1, 2)
 
 
-def dtype_for(device):
-    return torch.float32 if device == "cuda" else torch.float64
-
-
 def check_forward(shape, device):
     """Both forward launchers against the float64 reference."""
     n, c, h, w, k, g, s = shape
-    dt = dtype_for(device)
+    dt = exact_dtype(device)
     inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
-    assert_close("dlu", forward.dlu_forward(*inputs, k, g, s), reference.dlu_upsample(*(t.double() for t in inputs), k, g, s))
+    expected = reference.dlu_upsample(*(t.double() for t in inputs), k, g, s)
+    assert_close("dlu", forward.dlu_forward(*inputs, k, g, s), expected)
     f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
     assert_close("carafe", forward.carafe_forward(f, m, k, g, s), reference.carafe(f.double(), m.double(), k, g, s))
 
