@@ -46,7 +46,8 @@ def contract_dlu(features, logits, offsets, k, g, s):
     return torch.from_numpy(out)
 
 
-@pytest.mark.parametrize("shape", [(1, 4, 3, 5, 3, 2, 2), (2, 2, 1, 4, 5, 1, 3), (1, 3, 4, 1, 1, 1, 2), (1, 2, 2, 2, 3, 1, 4)])
+@pytest.mark.parametrize("shape", [(1, 4, 3, 5, 3, 2, 2), (2, 2, 1, 4, 5, 1, 3), (1, 3, 4, 1, 1, 1, 2),
+                                   (1, 2, 2, 2, 3, 1, 4)])
 def test_reference_is_the_contract(shape):
     n, c, h, w, k, g, s = shape
     inputs = dlu_inputs(n, c, h, w, k, g, s)
