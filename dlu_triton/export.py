@@ -1,10 +1,14 @@
 """Export: the fused ops replaced by compositions of standard ops, for torch.export and ONNX.
 
-The fused ops are opaque custom ops, which no exporter can translate. `decompositions()` maps each
-to a composition that ONNX expresses with standard operators and that keeps the fused ops'
-memory: no k*k copy of the features (unfold) and, for DLU, no high-resolution mask. The
-reassembly is k matrix products, one per row ky of taps, batched over the low-resolution pixels
-p = (y, x) of each group:
+The fused ops are opaque custom ops, which no ONNX exporter can translate. `dlu_upsample` and
+`carafe` here are compositions that ONNX expresses with standard operators and that keep the
+fused ops' memory: no k*k copy of the features (unfold) and, for DLU, no high-resolution mask.
+A plain `torch.onnx.export(model, ...)`, either exporter, records them in place of the ops (the
+public functions route here while an ONNX export runs: ops._call); `decompositions()` maps the
+ops to them for a program from torch.export, which keeps the ops.
+
+The reassembly is k matrix products, one per row ky of taps, batched over the low-resolution
+pixels p = (y, x) of each group:
 
     out[p, sy] += K_ky[p, sy] [s, k] @ windows_ky[p] [k, C/G],   windows_ky[p][kx] = Xp[y + ky, x + kx],
 
@@ -22,13 +26,14 @@ once per output point (Floor, Clip), then each row gathers its k taps at the 4 c
 that row's columns of the kernel space (Gather), so no more than one row's kernels
 (G*s*s*H*W*k values) exist at a time. The numbers are the reference's (same softmax, same
 clamping to the border, a NaN offset gives NaN outputs); the tests compare onnxruntime with the
-float64 reference. torch.onnx's exporter writes opset 18 or newer; H, W and the batch can be
-dynamic.
+float64 reference. Sampling positions are float32 at least (float16 would put a position past 64
+up to 1/32 of a pixel off, and ONNX's Range has no float16). H, W and the batch can be dynamic.
 
+    torch.onnx.export(model, (x,), "model.onnx")   # or dynamo=False: the public functions route here
     ep = torch.export.export(model, (x,)).run_decompositions(dlu_triton.export.decompositions())
-    torch.onnx.export(ep, f="model.onnx", dynamo=True)
+    torch.onnx.export(ep, f="model.onnx")          # a program from torch.export, raw ops included
 
-or `dlu_triton.export.to_onnx(model, (x,), "model.onnx")`.
+or `dlu_triton.export.to_onnx(model, (x,), "model.onnx")`, which does the latter.
 """
 import torch
 import torch.nn.functional as F
@@ -79,17 +84,19 @@ def dlu_upsample(features, kernel_logits, offsets, kernel_size, group_size, scal
     output point: the reference's numbers without its high-resolution mask."""
     n, _, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
-    space = torch.softmax(kernel_logits.reshape(n, g, k * k, h * w), dim=2).transpose(2, 3).reshape(n * g * h * w, k * k)
-    off = offsets.reshape(n, g, 2, s, s, h, w).permute(0, 1, 2, 5, 3, 6, 4)  # [N, G, 2, H, s, W, s]
-    ys = torch.arange(h, dtype=offsets.dtype, device=offsets.device).reshape(h, 1, 1, 1)
-    xs = torch.arange(w, dtype=offsets.dtype, device=offsets.device).reshape(w, 1)
+    space = torch.softmax(kernel_logits.reshape(n, g, k * k, h * w), dim=2)
+    space = space.transpose(2, 3).reshape(n * g * h * w, k * k)
+    position = torch.promote_types(offsets.dtype, torch.float32)
+    off = offsets.to(position).reshape(n, g, 2, s, s, h, w).permute(0, 1, 2, 5, 3, 6, 4)  # [N, G, 2, H, s, W, s]
+    ys = torch.arange(h, dtype=position, device=offsets.device).reshape(h, 1, 1, 1)
+    xs = torch.arange(w, dtype=position, device=offsets.device).reshape(w, 1)
     # the border clamp of grid_sample(padding_mode="border", align_corners=True); NaN stays NaN
     y0, fy = _corner(torch.clamp(off[:, :, 1] + ys, min=0, max=h - 1))
     x0, fx = _corner(torch.clamp(off[:, :, 0] + xs, min=0, max=w - 1))
     y1 = torch.clamp(y0 + 1, max=h - 1)
     x1 = torch.clamp(x0 + 1, max=w - 1)
     image = (torch.arange(n * g, device=offsets.device) * (h * w)).reshape(n, g, 1, 1, 1, 1)  # space's rows of (n, g)
-    corners = [((image + yy * w + xx).long().reshape(-1), wt.unsqueeze(-1))
+    corners = [((image + yy.long() * w + xx.long()).reshape(-1), wt.to(space.dtype).unsqueeze(-1))
                for yy, xx, wt in ((y0, x0, (1 - fy) * (1 - fx)), (y0, x1, (1 - fy) * fx),
                                   (y1, x0, fy * (1 - fx)), (y1, x1, fy * fx))]
 

@@ -4,7 +4,8 @@
 fake implementations (so torch.compile traces them without a graph break) and autograd through
 backward custom ops. The public functions call the same forward and backward functions through a
 plain autograd.Function when nothing needs to see the op (`_call`): the host time of a call is
-what both modules wait on. Dispatch, by the features' device:
+what both modules wait on. While torch.onnx.export traces, they call dlu_triton.export's
+standard-op compositions instead. Dispatch, by the features' device:
 
 - CUDA (float32, float16, bfloat16): the fused Triton kernels, on the tensors' own device, on a
   GPU that the compile matrix covers (`kernels.targets.TARGETS`: NVIDIA from sm_75, AMD gfx90a,
@@ -21,13 +22,14 @@ the argument. Under torch.autocast the ops compute in their tensors' widest floa
 import contextlib
 import functools
 import os
+import sys
 
 import torch
 import triton
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from . import cpu, reference
+from . import cpu, export, reference
 from .kernels import backward as bwd_kernels
 from .kernels import forward as fwd_kernels
 from .kernels.launch import new_output, output_format
@@ -310,15 +312,32 @@ class _Eager(torch.autograd.Function):
         return None, None, None, *ctx.run_backward(grad_out, *ctx.saved_tensors, *ctx.config)
 
 
-def _call(op, run, run_backward, tensors, config):
+def _onnx_exporting():
+    """torch.onnx.is_in_onnx_export() without importing torch.onnx (`import torch` does not; no
+    export runs before it is imported)."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
+def _call(op, run, run_backward, tensors, config, composition):
     """The custom op where something must see it (torch.compile, export and torch.jit.trace
     record it, dispatch modes such as FlopCounterMode count it, autocast casts its inputs, tensor
     subclasses and the meta device take its fake implementation); otherwise the same functions
-    through `_Eager`."""
+    through `_Eager`.
+
+    While torch.onnx.export traces the model (either exporter; torch 2.8 to 2.13 set
+    is_in_onnx_export for both), the standard-op `composition` from dlu_triton.export instead:
+    neither exporter can translate the custom op, and this needs no call from the user.
+    torch.export, AOTInductor and torch.compile keep the op and its fused kernels. (The
+    alternatives reach less: a TorchScript symbolic would be a second composition written in ONNX
+    operators; an entry in torch._decomp's table, which the default exporter reads, makes
+    inductor refuse the op as a fallback when the CI variable is set.)"""
     f = tensors[0]
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or is_in_torch_dispatch_mode()
             or f.device.type not in ("cpu", "cuda")
             or any(type(t) is not torch.Tensor for t in tensors) or torch.is_autocast_enabled(f.device.type)):
+        if _onnx_exporting():
+            return composition(*tensors, *config)
         return op(*tensors, *config)
     return _Eager.apply(run, run_backward, config, *tensors)
 
@@ -332,11 +351,11 @@ def dlu_upsample(features, kernel_logits, offsets, kernel_size=5, group_size=1, 
     """
     check_dlu(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
     return _call(torch.ops.dlu_triton.dlu_upsample, _dlu_forward, _dlu_backward,
-                 (features, kernel_logits, offsets), (kernel_size, group_size, scale_factor))
+                 (features, kernel_logits, offsets), (kernel_size, group_size, scale_factor), export.dlu_upsample)
 
 
 def carafe(features, masks, kernel_size, group_size, scale_factor):
     """CARAFE reassembly with mmcv's arguments: masks (N, G*k*k, s*H, s*W), already normalised."""
     check_carafe(features, masks, kernel_size, group_size, scale_factor)
     return _call(torch.ops.dlu_triton.carafe, _carafe_forward, _carafe_backward,
-                 (features, masks), (kernel_size, group_size, scale_factor))
+                 (features, masks), (kernel_size, group_size, scale_factor), export.carafe)
