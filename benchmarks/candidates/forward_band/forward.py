@@ -34,6 +34,8 @@ Where the band does not pay (k = 1 or k > 7, s = 1, s > 64; band_blocks), main's
 README.md has the model: bytes, FLOPs, what the compiler made of it and the predicted fraction of
 the bandwidth floor.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -43,21 +45,23 @@ from dlu_triton.kernels.kernel_space import kernel_space
 from dlu_triton.kernels.launch import acc_dtype, cdiv, index_dtype, new_output, pow2
 from dlu_triton.kernels.sampling import corner_probs, sampled_kernel, sampling_point
 from dlu_triton.kernels.targets import TIES_LAST, dot_precision
-from dlu_triton.kernels.tiles import channel_mask, dot_add, even_channels
+from dlu_triton.kernels.tiles import channel_mask, dot_add, even_channels, load_lanes_first
 from dlu_triton.kernels.tuning import LAUNCH
 
 
-def band_blocks(channels_per_group, scale_factor, kernel_size):
+def band_blocks(channels_per_group, scale_factor, kernel_size, element_size):
     """(BY, BX, BSY, BLOCK_C, num_warps) of the banded product, or None where main's forward runs.
 
     The tile is BY x BX source pixels and BSY of their sub-pixel rows (all s sub-pixel columns,
-    s padded to a power of two), chosen by the model in README.md: the product's cost is its
-    window taps (padded to a power of two) over the k*k useful ones, times the points it holds
-    (at least 16, the product's smallest side; 64 for Hopper's warpgroup products), against the
-    halo of features each window reloads. At s = 2: 4 x 4 pixels at k = 5 (an 8 x 8 window, 64
-    taps for 25 a point: 2.56x the multiply-adds), 2 x 2 at k = 3 and 7 (16 and 64 taps). At
-    s = 4: 2 x 2 at k = 3 (16 taps, 64 points), 1 x 2 at k = 5 and 7 (32 and 64 taps). At s >= 8
-    one pixel and 64 sub-pixels (k*k taps padded: 1.28x at k = 5). 64 channels a product."""
+    s padded to a power of two). Chosen by the model (model.py --tiles; README.md): the product
+    costs its window taps (padded to a power of two) over the k*k useful ones, so small windows
+    pay; but each tile builds its K once (issue time a program), reloads its halo, and in NCHW
+    every row of its window and of its output is a separate L1 wavefront (rows BX + k - 1
+    features and BX * s outputs long), so wide tiles pay too. At s = 2: 4 x 4 pixels at k = 5 (an
+    8 x 8 window, 64 taps for 25 a point); at k = 3, 2 x 4 in float32 and 2 x 8 in 16 bits (the
+    rows' bytes halved); 2 x 2 at k = 7 (8 x 8). At s = 4: 2 x 2 at k = 3 (16 taps, 64 points),
+    1 x 2 at k = 5 and 7 (32 and 64 taps). At s >= 8 one pixel and 64 sub-pixels (k*k taps
+    padded: 1.28x at k = 5). 64 channels a product, 4 warps."""
     s, k = scale_factor, kernel_size
     sxp = pow2(s)
     if k < 3 or k > 7 or s < 2 or sxp > 64:
@@ -66,6 +70,8 @@ def band_blocks(channels_per_group, scale_factor, kernel_size):
         by, bx = 1, 1
     elif sxp == 4:
         by, bx = (2, 2) if k == 3 else (1, 2)
+    elif k == 3:
+        by, bx = (2, 4) if element_size > 2 else (2, 8)
     else:
         by, bx = (4, 4) if k == 5 else (2, 2)
     bsy = max(1, min(sxp, 64 // (by * bx * sxp)))
@@ -78,7 +84,7 @@ def window_taps(kernel_size, by, bx):
     return pow2((by + kernel_size - 1) * (bx + kernel_size - 1))
 
 
-@triton.jit(do_not_specialize=["H", "W"])
+@triton.jit(do_not_specialize=["H", "W", "UNIT"])
 def _band_kernel(
     x_ptr, k_ptr, off_ptr, out_ptr,  # features; kernel space (DLU) or masks (CARAFE); offsets (DLU); output
     sxn, sxc, sxy, sxx,  # features strides
@@ -86,6 +92,7 @@ def _band_kernel(
     son, soc, soy, sox,  # offsets strides
     sun, suc, suy, sux,  # output strides
     H, W, CPG,  # low-resolution size, channels per group (specialised: 16 | CPG aligns channels_last blocks)
+    UNIT,  # 1, at run time (the window's columns are computed with it: see the feature loads)
     S: tl.constexpr,  # scale factor (constexpr: a tile row's output columns must look contiguous)
     SXP: tl.constexpr,  # s rounded up to a power of two
     KS: tl.constexpr,  # kernel size k
@@ -146,7 +153,7 @@ def _band_kernel(
         jx0 = ix0 - R
         w_ok = (wt < WV * WU) & (jy0 + wy >= 0) & (jy0 + wy < H) & (jx0 + wx >= 0) & (jx0 + wx < W)
     jy = jy0 + wy
-    jx = jx0 + wx
+    jx = jx0 + wx * UNIT
 
     # K [PTS, KKP], once for all the group's channels
     j = tl.arange(0, KKP)
@@ -194,7 +201,12 @@ def _band_kernel(
     for c0 in range(0, CPG, BLOCK_C):
         c_ok = channel_mask(c0 + cb, CPG, BLOCK_C, EVEN_C)
         c = (g * CPG + c0).to(IDX)
-        xw = tl.load(x_ptr + n * sxn + c * sxc + x_off, mask=w_ok[:, None] & c_ok[None, :], other=0.0).to(DOT)
+        # NCHW: a window row's features are consecutive, but a row is short and starts anywhere, so
+        # vector loads cannot be proved aligned, and a layout of several taps a thread (which the
+        # compiler picks for a contiguous axis) would put each lane of an instruction on another
+        # row. With the columns computed with UNIT no axis looks contiguous, and the lanes run
+        # along the window: 32 consecutive taps an instruction. channels_last: along the channels.
+        xw = load_lanes_first(x_ptr + n * sxn + c * sxc + x_off, w_ok[:, None] & c_ok[None, :], TIES_LAST).to(DOT)
         acc = dot_add(kb_hi, xw, tl.zeros((PTS, BLOCK_C), ACC), PRECISION, ACC)
         if PARTS == 2:
             acc = dot_add(kb_lo, xw, acc, PRECISION, ACC)
@@ -274,10 +286,12 @@ def _exact(x_ptr, k_ptr, off_ptr, out_ptr, sxn, sxc, sxy, sxx, skn, skc, sky, sk
 
 
 def dot_dtype(features):
-    """The products' operand dtype: the features'. Triton's interpreter (CPU tensors) multiplies
-    bfloat16 operands as their bit patterns (numpy has no bfloat16), so there they are converted
-    to float32 first: the same values, and the products are exact either way."""
-    if features.dtype == torch.bfloat16 and features.device.type == "cpu":
+    """The products' operand dtype: the features'. Triton's interpreter multiplies bfloat16
+    operands as their bit patterns (numpy has no bfloat16), so under it they are converted to
+    float32 first: the same values, and the products are exact either way. (Asked of the
+    environment, not of the tensors' device: compile_report.py builds the GPU's launches from CPU
+    tensors.)"""
+    if features.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
         return tl.float32
     return {torch.float64: tl.float64, torch.float32: tl.float32, torch.float16: tl.float16,
             torch.bfloat16: tl.bfloat16}[features.dtype]
@@ -299,7 +313,7 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor, b
     _band_kernel[(n * cdiv(h, by) * cdiv(w, bx) * cdiv(s, bsy), group_size)](
         features, kernels, off, out,
         *features.stride(), *kernels.stride(), *off.stride(), *out.stride(),
-        h, w, cpg,
+        h, w, cpg, 1,
         S=s, SXP=pow2(s), KS=kernel_size, KKP=pow2(kernel_size * kernel_size), SAMPLED=int(sampled),
         BY=by, BX=bx, BSY=bsy, WTP=window_taps(kernel_size, by, bx),
         BLOCK_C=block_c, EVEN_C=even_channels(cpg, block_c),
@@ -314,7 +328,7 @@ def _launch(features, kernels, offsets, kernel_size, group_size, scale_factor, b
 
 
 def dlu_forward(features, kernel_logits, offsets, kernel_size, group_size, scale_factor):
-    blocks = band_blocks(features.shape[1] // group_size, scale_factor, kernel_size)
+    blocks = band_blocks(features.shape[1] // group_size, scale_factor, kernel_size, features.element_size())
     if blocks is None:
         return main.dlu_forward(features, kernel_logits, offsets, kernel_size, group_size, scale_factor)
     space = kernel_space(kernel_logits, group_size, kernel_size)
@@ -322,7 +336,7 @@ def dlu_forward(features, kernel_logits, offsets, kernel_size, group_size, scale
 
 
 def carafe_forward(features, masks, kernel_size, group_size, scale_factor):
-    blocks = band_blocks(features.shape[1] // group_size, scale_factor, kernel_size)
+    blocks = band_blocks(features.shape[1] // group_size, scale_factor, kernel_size, features.element_size())
     if blocks is None:
         return main.carafe_forward(features, masks, kernel_size, group_size, scale_factor)
     return _launch(features, masks, None, kernel_size, group_size, scale_factor, blocks)

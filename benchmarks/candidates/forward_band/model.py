@@ -39,6 +39,7 @@ import triton
 
 from benchmarks import compile_report as CR
 from dlu_triton import benchmark as B
+from dlu_triton.kernels.targets import TIES_LAST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLOCK = 1.83e9
@@ -56,8 +57,15 @@ SHAPES = [(2, 256, 128, 128, 5, 1, 2, torch.float32, False), (8, 256, 100, 152, 
           (2, 256, 128, 128, 5, 1, 2, torch.bfloat16, False), (2, 256, 128, 128, 5, 1, 2, torch.float16, False),
           (2, 256, 128, 128, 5, 1, 2, torch.float32, True), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16, True)]
 # tile choices at s = 2 (BY, BX, BSY, BLOCK_C, warps)
-TILES = {5: [(4, 4, 2, 64, 4), (4, 4, 2, 32, 4), (2, 4, 2, 64, 4), (2, 2, 2, 64, 4), (1, 4, 2, 64, 4)],
-         3: [(2, 2, 2, 64, 4), (2, 4, 2, 64, 4), (4, 4, 2, 64, 4), (4, 8, 2, 64, 4)]}
+TILES = {5: [(4, 4, 2, 64, 4), (4, 4, 2, 32, 4), (2, 4, 2, 64, 4), (2, 2, 2, 64, 4), (1, 8, 2, 64, 4),
+             (2, 8, 2, 64, 4), (1, 16, 2, 64, 4)],
+         3: [(2, 2, 2, 64, 4), (2, 4, 2, 64, 4), (4, 4, 2, 64, 4), (2, 8, 2, 64, 4), (4, 8, 2, 64, 4),
+             (1, 16, 2, 64, 4)]}
+# and at s = 4, 8, 16 (float32)
+TILES_LARGE_S = {(4, 5): [(1, 1, 4, 64, 4), (1, 2, 4, 64, 4), (2, 2, 4, 64, 4), (1, 4, 4, 64, 4)],
+                 (4, 3): [(2, 2, 4, 64, 4), (1, 4, 4, 64, 4), (2, 4, 4, 64, 4)],
+                 (8, 5): [(1, 1, 8, 64, 4), (1, 2, 8, 64, 4), (1, 1, 4, 64, 4)],
+                 (16, 5): [(1, 1, 4, 64, 4), (1, 1, 8, 64, 4), (1, 1, 2, 64, 4)]}
 
 
 def load_candidate():
@@ -217,7 +225,7 @@ def model(fwd, op, shape, gpu, blocks=None):
     if blocks:
         fwd.band_blocks = lambda *a: blocks
     try:
-        blocks = fwd.band_blocks(c // g, s, k)
+        blocks = fwd.band_blocks(c // g, s, k, x.element_size())
         kernel, args = compiled_band(fwd, op, x, kernels, offsets, k, g, s)
     finally:
         fwd.band_blocks = rule
@@ -234,7 +242,8 @@ def model(fwd, op, shape, gpu, blocks=None):
     loop = loop_body(ttgir)
     smem_iter = shared_traffic(loop)
 
-    # the geometry of one interior tile, as the kernel indexes it
+    # the geometry of the tiles of one row of the image away from its edges, as the kernel
+    # indexes them (the window's alignment, and so the lines it touches, varies along the row)
     sxn, sxc, sxy, sxx = x.stride()
     sun, suc, suy, sux = (c * s * s * h * w, 1, s * w * c, c) if channels_last else (c * s * s * h * w, s * s * h * w,
                                                                                      s * w, 1)
@@ -242,24 +251,29 @@ def model(fwd, op, shape, gpu, blocks=None):
     wtp, sxp = args["WTP"], args["SXP"]
     row = bx * sxp
     pts = by * bsy * row
-    iy0, ix0 = (h // 2) // by * by, (w // 2) // bx * bx
-    r = k // 2
+    iy0 = (h // 2) // by * by
+    columns = range(bx * (k // 2 // bx + 1), w - wu - bx, bx)
 
-    def x_address(wt, ci):
-        jy, jx = iy0 + wt // wu - r, ix0 + wt % wu - r
-        return (ci * sxc + jy * sxy + jx * sxx) * esize
+    def x_address(ix0):
+        return lambda wt, ci: (ci * sxc + (iy0 - k // 2 + wt // wu) * sxy + (ix0 - k // 2 + wt % wu) * sxx) * esize
 
-    def out_address(p, ci):
-        py, sy, col = p // (row * bsy), p // row % bsy, p % row
-        return (ci * suc + ((iy0 + py) * s + sy) * suy + (ix0 * s + col) * sux) * esize
+    def out_address(ix0):
+        return lambda p, ci: (ci * suc + ((iy0 + p // (row * bsy)) * s + p // row % bsy) * suy
+                              + (ix0 * s + p % row) * sux) * esize
 
     waves = collections.Counter()
     for kind, tile, lay in loop_accesses(loop, ttgir):
-        vec = max([size for (knd, size), cnt in widths.items() if knd == kind] or [esize]) // esize
-        if kind == "STG":
-            waves[kind] += wavefronts(tile, lay, max(1, vec), out_address, lambda p, ci: True, warps)
-        else:
-            waves[kind] += wavefronts(tile, lay, max(1, vec), x_address, lambda wt, ci: wt < wv * wu, warps)
+        vec = max(1, max([size for (knd, size), cnt in widths.items() if knd == kind] or [esize]) // esize)
+        for ix0 in columns:
+            if kind == "STG":
+                waves[kind] += wavefronts(tile, lay, vec, out_address(ix0), lambda p, ci: True, warps)
+            elif TIES_LAST:  # tiles.load_lanes_first loads the features' tile transposed, [channels, window]
+                address = x_address(ix0)
+                waves[kind] += wavefronts(tile, lay, vec, lambda ci, wt: address(wt, ci),
+                                          lambda ci, wt: wt < wv * wu, warps)
+            else:
+                waves[kind] += wavefronts(tile, lay, vec, x_address(ix0), lambda wt, ci: wt < wv * wu, warps)
+    waves = {kind: count / len(columns) for kind, count in waves.items()}
 
     # the whole launch
     programs = n * -(-h // by) * -(-w // bx) * -(-s // bsy) * g
@@ -301,7 +315,7 @@ def table(results, gpu):
         lines.append(
             f"| {describe(m['shape'])} | {m['op']} | {by}x{bx}, {bsy}, {bc} | "
             f"{m['regs']}{'+spill' if m['stack'] else ''} | {m['smem'] / 1024:.0f} | {m['resident']} | {m['loop']} | "
-            f"{sum(m['waves'].values())} | {sum(m['smem_iter'].values()) / 1024:.0f} | "
+            f"{sum(m['waves'].values()):.0f} | {sum(m['smem_iter'].values()) / 1024:.0f} | "
             + " | ".join(f"{t[key] * 1e6:.1f}" for key in ("floor", "tensor", "issue", "shared", "l1"))
             + f" | {bound} | {t['floor'] / max(t.values()):.0%} |")
     return "\n".join(lines)
@@ -319,6 +333,12 @@ def main():
     fwd = load_candidate()
     results = []
     if args.tiles:
+        for (ss, kk), tiles in TILES_LARGE_S.items():
+            h = 256 // ss
+            for tile in tiles:
+                for op in ("dlu", "carafe"):
+                    results.append(model(fwd, op, (2, 256, h, h, kk, 1, ss, torch.float32, False), args.gpu, tile))
+                    print(table(results[-1:], args.gpu).splitlines()[-1], flush=True)
         for kk, tiles in TILES.items():
             for dt in (torch.float32, torch.bfloat16):
                 for tile in tiles:

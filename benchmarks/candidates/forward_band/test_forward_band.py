@@ -59,7 +59,7 @@ def run_both(shape, dtype, device, layout=None):
 
 
 # (N, C, H, W, k, G, s): rows and columns that are not whole tiles (the tiles are 4 x 4 pixels at
-# s = 2, k = 5; 2 x 2 at k = 3 and 7; 1 x 2 at s = 4, k = 5; one pixel at s >= 8), images smaller
+# s = 2, k = 5; 2 x 4 at k = 3; 2 x 2 at k = 7; 1 x 2 at s = 4, k = 5; one pixel at s >= 8), images smaller
 # than a window (its loads masked) and not (the window moved into the image at its edges),
 # channels per group that are not whole blocks (10, 70) or fewer than a product's 16 (3), two
 # groups, s = 3 (padded to 4 sub-pixel columns), and a 7 x 7 kernel
