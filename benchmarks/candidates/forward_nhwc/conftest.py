@@ -1,0 +1,1 @@
+from tests.kernels.conftest import kernel_device, launches  # noqa: F401
