@@ -5,17 +5,18 @@ Maths as in dlu_triton/kernels/forward.py: out[c, o] = sum_j K[g, j, o] * x[c, q
 A program takes a block of BY x BX source pixels of image n, BSY of their sub-pixel rows and all
 their sub-pixel columns (the tile's points, PTS of them), and one group. The taps of all those
 points read one window of (BY + k - 1) x (BX + k - 1) source pixels (tiles.window's idea in two
-dimensions), so per channel block the tile is one matrix product
+dimensions), so per block of channels the tile is one matrix product
 
-    out[c, points] = X[c, window taps] @ Kband[window taps, points]
+    out[points, channels] = Kband[points, window taps] @ X[window taps, channels]
 
 where Kband holds each point's k*k kernel values at the window positions of its taps and zeros
-elsewhere (a band). The program builds Kband once, DLU sampling K[points, k*k] from the kernel
-space at the offsets (4 corner gathers a point and tap) and CARAFE loading it from the masks,
-then moves it to the window positions with tl.gather along the tap axis; then it loops over the
-group's channel blocks: load X [channels, window] (one load per element, rows of the window
-contiguous), one product, one store. Main's forward samples K again for every channel block
-(its grid's second axis) and loads each feature once per tap that reads it.
+elsewhere (a band). The program builds Kband once: DLU samples K[points, k*k] from the kernel
+space at the offsets (4 corner gathers a point and tap), CARAFE loads it from the masks, and
+tl.gather along the tap axis moves it to the window positions (warp shuffles). Then it loops over
+the group's channel blocks: load X (the window's rows), one product, one store. Main's forward
+samples K again for every 64 channels (its grid's second axis) and loads each feature once per
+tap that reads it. The points are the product's rows, so the band is its loop-invariant first
+operand and the features' tile, straight from the loads, its second.
 
 Products: float32 takes three tf32 products (tf32x3, about float32's accuracy; AMD plain
 float32). For float16 and bfloat16 features the product runs in the features' dtype, whose
@@ -24,11 +25,10 @@ so it is split into a high part in the features' dtype and the remainder (two pr
 about 16 bits, far below the output's rounding). float64 (Triton's interpreter only) a
 broadcast product (tiles.dot_add).
 
-Non-finite features: a 0 of the band times an Inf or NaN feature outside a point's taps would
-make that point NaN where the reference keeps it finite. So each channel block's features are
-summed (a NaN or an Inf makes the sum's difference with itself NaN), and a block that has any
-takes the exact path instead of the product: main's tap loop (one FMA a point, tap and channel),
-for that block only. Non-finite kernel values need no such care: they sit in the band only.
+Non-finite values: a 0 of the band times an Inf or NaN feature outside a point's taps makes a
+NaN where the reference keeps the point finite, and nothing else makes the product differ from
+the taps' sum. So a channel block whose product has a NaN is not stored, and after the loop the
+program recomputes its tile with main's tap loop (one FMA a point, tap and channel).
 
 Where the band does not pay (k = 1 or k > 7, s = 1, s > 64; band_blocks), main's forward runs.
 README.md has the model: bytes, FLOPs, what the compiler made of it and the predicted fraction of
@@ -218,6 +218,7 @@ def _band_kernel(
         tl.store(out_ptr + n * sun + c * suc + o_off, acc.to(out_ptr.dtype.element_ty),
                  mask=tl.where(total == total, p_ok[:, None] & c_ok[None, :], False))
     if bad > 0:
+        tl.debug_barrier()  # the exact stores come after every store of the loop: the last word is theirs
         _exact(x_ptr, k_ptr, off_ptr, out_ptr, sxn, sxc, sxy, sxx, skn, skc, sky, skx, son, soc, soy, sox,
                sun, suc, suy, sux, H, W, CPG, n, g, iy0, ix0, sy0,
                S, SXP, KS, SAMPLED, BY, BX, BSY, EVEN_P, ACC, IDX)
@@ -255,7 +256,7 @@ def _exact(x_ptr, k_ptr, off_ptr, out_ptr, sxn, sxc, sxy, sxx, skn, skc, sky, sk
            BX: tl.constexpr, BSY: tl.constexpr, EVEN_P: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr):
     """The tile's outputs as main's forward computes them (a sum over the taps, one FMA a point,
     tap and channel, 16 channels at a time): for tiles whose window holds an Inf or NaN feature,
-    which the band's zeros would spread."""
+    which the band's zeros would spread, or whose moved window dropped a non-finite K's tap."""
     KK: tl.constexpr = KS * KS
     R: tl.constexpr = KS // 2
     C16: tl.constexpr = 16
