@@ -1,26 +1,27 @@
-"""Same-process A/B: this checkout's kernels against another version of them, on the same inputs.
+"""Same-process A/B: this checkout's kernels against other versions of them, on the same inputs.
 
     python benchmarks/ab.py --export REV DIR [--patch FILE]   # DIR receives REV's dlu_triton/kernels (needs git),
-                                                              # with a candidate patch applied
-    python benchmarks/ab.py DIR [DIR ...] [--ops dlu_backward] [--shapes 0 2] [--quick] [--out FILE]
+                                                              # with a diff of them applied
+    python benchmarks/ab.py DIR [DIR ...] [--ops dlu_backward] [--shapes 0 2] [--channels-last] [--quick] [--out FILE]
 
-The device machine gets the working tree without .git, so export the old kernels first (into an
-untracked folder such as scratch/, which travels with the tree). Candidates not yet measured are
-kept as patches against main's kernels in benchmarks/candidates/ (a branch does not outlive the
-session that made it; main does): `--export HEAD DIR --patch benchmarks/candidates/NAME.patch`
-gives the candidate's kernels. For each anchor shape (or those --shapes picks by index) and op
-(the launchers `dlu_forward`, `carafe_forward`, `dlu_backward`, `carafe_backward`, each with all
-its launches) it times each old version and the new one in turn, three rounds each, and reports
-the median of the rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall
-clock on CPU), new/old for each old folder, the new version's fraction of the bandwidth floor
-(CUDA), and the largest relative difference between the outputs of the new version and each old
-one (|new - old| / max|old|, per output), so a faster but wrong variant shows. A version that
-raises (a kernel that does not compile on that GPU, say) gets "error" in its cells and its
-error's first line in the log, and the run goes on. Several old
-folders (say the last measured version and HEAD, with a candidate in the working tree) share one
-GPU call. --quick: two tiny shapes (s = 3, and s = 8 for the per-pixel tensor-core products),
-one round, to try the script, or a candidate's outputs, on CPU with TRITON_INTERPRET=1 (a minute
-or two).
+A version is a folder with `__init__.py`, `forward.py` and `backward.py` exposing the four
+launchers with main's signatures: an older version's kernels, exported from git with `--export`
+into an untracked folder such as scratch/ (the device machine gets the working tree without
+.git; the folder travels with it), or a candidate not yet measured on a GPU, a folder of
+benchmarks/candidates/ that imports what it does not change from dlu_triton.kernels and is loaded
+as it is. For each anchor shape (or those --shapes picks by index) and op (the launchers
+`dlu_forward`, `carafe_forward`, `dlu_backward`, `carafe_backward`, each with all its launches) it
+times each version and the new one in turn, three rounds each, and reports the median of the
+rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall clock on CPU), new/old for
+each folder, the new version's fraction of the bandwidth floor (CUDA), and the largest relative
+difference between the outputs of the new version and each folder's (|new - old| / max|old|, per
+output), so a faster but wrong variant shows. A version that raises (a kernel that does not compile
+on that GPU, say) gets "error" in its cells and its error's first line in the log, and the run goes
+on. Several folders (the last measured version, candidates) share one GPU call. --channels-last
+gives every version channels-last inputs (features, logits, offsets, masks, output gradient), as a
+channels-last network would, instead of contiguous ones. --quick: two tiny shapes (s = 3, and s = 8
+for the per-pixel tensor-core products), one round, to try the script, or a version's outputs, on
+CPU with TRITON_INTERPRET=1 (a minute or two).
 """
 import argparse
 import importlib
@@ -36,14 +37,15 @@ from dlu_triton import benchmark as B
 from dlu_triton.kernels import backward, forward
 
 OPS = ("dlu_forward", "carafe_forward", "dlu_backward", "carafe_backward")
-# (N, C, H, W, k, G, s, dtype): the anchors of docs/performance.md and the shapes earlier
-# versions lost on (few programs at C64 67x45, s >= 8)
+# (N, C, H, W, k, G, s, dtype): the anchors of docs/performance.md, the shapes earlier versions
+# lost on (few programs at C64 67x45, s >= 8), and float16 (a target's dtype), last so that the
+# indices of the others stay as the A/Bs of docs/ used them
 ANCHORS = [
     (2, 256, 128, 128, 5, 1, 2, torch.float32), (8, 256, 100, 152, 5, 1, 2, torch.float32),
     (2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, torch.float32),
     (2, 256, 16, 16, 5, 1, 16, torch.float32), (2, 256, 24, 24, 5, 1, 16, torch.float32),
     (2, 256, 128, 128, 3, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.bfloat16),
-    (2, 64, 67, 45, 5, 1, 2, torch.float32),
+    (2, 64, 67, 45, 5, 1, 2, torch.float32), (2, 256, 128, 128, 5, 1, 2, torch.float16),
 ]
 QUICK = [(1, 4, 3, 4, 3, 2, 3, torch.float32), (1, 8, 2, 3, 3, 1, 8, torch.float32)]
 ROUNDS = 3
@@ -58,7 +60,8 @@ def export(rev, folder, patch=None):
     os.makedirs(folder, exist_ok=True)
     for name in names:
         if name.endswith(".py"):
-            text = subprocess.run(["git", "show", f"{rev}:{path}/{name}"], capture_output=True, text=True, check=True).stdout
+            text = subprocess.run(["git", "show", f"{rev}:{path}/{name}"], capture_output=True, text=True,
+                                  check=True).stdout
             with open(os.path.join(folder, name), "w") as f:
                 f.write(text)
     # -p3 drops a/dlu_triton/kernels/ from the patch's paths
@@ -78,11 +81,13 @@ def load(folder, index):
     return importlib.import_module(f"{name}.forward"), importlib.import_module(f"{name}.backward")
 
 
-def inputs(shape, device):
-    """Random features, logits, offsets, masks and output gradient for one shape."""
+def inputs(shape, device, channels_last=False):
+    """Random features, logits, offsets, masks and output gradient for one shape, contiguous or
+    channels-last."""
     n, c, h, w, k, g, s, dt = shape
     torch.manual_seed(0)
-    return (*B.op_inputs(n, c, h, w, k, g, s, device, dt), torch.randn(n, c, s * h, s * w, device=device, dtype=dt))
+    tensors = (*B.op_inputs(n, c, h, w, k, g, s, device, dt), torch.randn(n, c, s * h, s * w, device=device, dtype=dt))
+    return tuple(t.contiguous(memory_format=torch.channels_last) for t in tensors) if channels_last else tensors
 
 
 def calls(fwd, bwd, shape, tensors):
@@ -127,11 +132,12 @@ def floor_ms(op, shape, bandwidth):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("old", nargs="*", help="folders with old dlu_triton/kernels files")
+    p.add_argument("old", nargs="*", help="version folders: exported kernels or benchmarks/candidates/NAME")
     p.add_argument("--export", nargs=2, metavar=("REV", "DIR"), help="write REV's kernels to DIR and stop")
     p.add_argument("--patch", help="with --export: apply this candidate patch to the exported kernels")
     p.add_argument("--shapes", nargs="+", type=int, metavar="I", help="only these anchors (indices into ANCHORS)")
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    p.add_argument("--channels-last", action="store_true", help="channels-last inputs for every version")
     p.add_argument("--quick", action="store_true", help="two tiny shapes, one round (a CPU try-out)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="also write the table to this file (after each row)")
@@ -146,7 +152,8 @@ def main():
     info = B.env_info(device)
     names = [os.path.basename(os.path.normpath(folder)) for folder in args.old]
     lines = [f"A/B {' and '.join(args.old)} (old) vs this checkout (new): {info.get('gpu', info.get('cpu'))}, "
-             f"torch {info['torch']}, triton {info['triton']}, {info['date']}"
+             + ("channels-last inputs, " if args.channels_last else "")
+             + f"torch {info['torch']}, triton {info['triton']}, {info['date']}"
              + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else ""), "",
              "| shape | op | " + " | ".join(f"{nm} ms" for nm in names) + " | new ms | "
              + " | ".join(f"new/{nm}" for nm in names) + " | new of floor | "
@@ -156,7 +163,7 @@ def main():
     for shape in shapes:
         n, c, h, w, k, g, s, dt = shape
         label = f"N{n} C{c} {h}x{w} s{s} k{k} G{g} {str(dt)[6:]}"
-        tensors = inputs(shape, device)
+        tensors = inputs(shape, device, args.channels_last)
         versions = [calls(fwd, bwd, shape, tensors) for fwd, bwd in olds] + [calls(forward, backward, shape, tensors)]
         for op in args.ops:
             runs = [attempt(version[op]) for version in versions]  # each call also compiles
@@ -166,7 +173,8 @@ def main():
             for _ in range(1 if args.quick else ROUNDS):
                 for i, (t, version) in enumerate(zip(times, versions)):
                     if not errors[i]:
-                        timed, errors[i] = attempt(lambda: B.time_ms(version[op], device, reps=1 if args.quick else None))
+                        timed, errors[i] = attempt(
+                            lambda: B.time_ms(version[op], device, reps=1 if args.quick else None))
                         t.append(timed and timed[0])
             for name, err in zip(names + ["new"], errors):
                 if err:
