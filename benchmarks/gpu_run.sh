@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_run.sh profile                     # Nsight Compute, one launch of each kernel
 #   bash benchmarks/gpu_run.sh modules                     # the modules' time: host, kernels, idle (target 4)
 #   bash benchmarks/gpu_run.sh host                        # host time of each layer of a call (launch, op, autograd)
+#   COMMIT=SHA bash benchmarks/gpu_run.sh targets          # docs/performance.md's targets -> $OUT/gpu-targets.json
 #   AB_OLD="DIR [DIR...]" bash benchmarks/gpu_run.sh ab    # A/B against each DIR (from benchmarks/ab.py --export REV DIR);
 #                                                          # AB_ARGS="--ops dlu_backward" passes options on,
 #                                                          # AB_TAG=fwd writes ab-fwd.md (several A/Bs a call)
@@ -23,6 +24,9 @@ for step in "$@"; do
       timeout 200 python3 -m dlu_triton compare --json "$OUT/compare.json" --plot "$OUT/compare.png" 2>/dev/null | tee "$OUT/compare.txt" ;;
     modules)
       timeout 200 python3 benchmarks/profile_modules.py --out "$OUT" 2>&1 | tee "$OUT/profile-modules-table.txt" | tail -18 ;;
+    targets)
+      timeout 300 python3 benchmarks/gpu_targets.py --commit "${COMMIT:?set COMMIT to the main commit measured}" \
+        --out "$OUT/gpu-targets.json" 2>&1 | tee "$OUT/gpu-targets.txt" | tail -12 ;;
     host)
       timeout 200 python3 benchmarks/host_costs.py --out "$OUT/host-costs.md" 2>/dev/null | tail -24 ;;
     ab)

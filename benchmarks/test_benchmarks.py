@@ -124,3 +124,41 @@ def test_cpu_paths_script_rows_run(tmp_path):
             call(x)
         else:
             call()
+
+
+def test_gpu_targets_bytes_and_plumbing(tmp_path, monkeypatch):
+    """benchmarks/gpu_targets.py: its per-operator byte count gives the ops' minimal-bytes formulas
+    exactly, the modules' floors favour DLU more as the scale grows, and a run's figures (timings
+    stubbed: the script's GPU timings are not the test's) reach the JSON's fields and the table it
+    writes between docs/performance.md's markers."""
+    from . import gpu_targets as T
+
+    n, c, h, w, k, g, s = 2, 8, 5, 6, 3, 2, 2
+    x, logits, offsets = (t.to("meta").requires_grad_() for t in B.op_inputs(n, c, h, w, k, g, s, "cpu")[:3])
+    with T._Bytes() as fwd:
+        y = ops.dlu_upsample(x, logits, offsets, k, g, s)
+    grad = torch.empty_like(y)
+    with T._Bytes() as bwd:
+        y.backward(grad)
+    assert (fwd.total, bwd.total) == (B.dlu_bytes(n, c, h, w, k, g, s, 4), B.dlu_bytes(n, c, h, w, k, g, s, 4, True))
+    ratios = [T.module_bytes("DLU", s, 2, 256, 256) / T.module_bytes("CARAFEPack", s, 2, 256, 256) for s in (2, 16)]
+    assert 0.5 < ratios[1] < ratios[0] < 1
+
+    monkeypatch.setattr(B, "copy_bandwidth", lambda device, nbytes=None: 1e9)
+    monkeypatch.setattr(B, "time_ms", lambda fn, device, reps=None: (2.0, 1.9, 2.1))
+    monkeypatch.setattr(B, "host_ms", lambda fn, device, reps: 3.0)
+    monkeypatch.setattr(T, "kernels_per_call", lambda fn, device: ({"a": (1, 0.5), "b": (2, 1.0)}, None))
+    shape = (1, 4, 2, 3, 3, 1, 2, torch.float32)
+    result = T.measure(torch.device("cpu"), "abc1234", anchors=[shape], others=[shape], scales=(2,),
+                       module_input=(1, 4, 8), fpn=(1, 4, 2, 3))
+    floor_ms = B.dlu_bytes(*shape[:7], 4) / 1e9 * 1e3
+    assert result["targets"]["forward_floor_fraction"] == round(floor_ms / 2.0, 3)
+    assert result["targets"]["module_graphed_dlu_over_carafe"] == {"2": 1.0}
+    assert result["targets"]["eager_host_over_kernels_fpn"] == 2.0
+    assert result["commit"] == "abc1234" and len(result["dlu_triton_sha256"]) == 64
+    doc = tmp_path / "performance.md"
+    doc.write_text("before\n" + T.MARKERS[0] + "\nold table\n" + T.MARKERS[1] + "\nafter\n")
+    T.write_table(doc, result)
+    text = doc.read_text()
+    assert "old table" not in text and T.table(result) in text
+    assert text.startswith("before\n" + T.MARKERS[0]) and text.endswith(T.MARKERS[1] + "\nafter\n")
