@@ -259,8 +259,11 @@ def _nhwc_reassemble_kernel(
                 ox = ix0 * S + m
             else:
                 ox = (ix0 + m // SXB) * S + m_sx
-            m_ok = m_sx < S
-            if not EVEN_W:  # a mask along the columns splits a thread's stores at each pixel
+            # a mask along the columns would split a thread's stores at each pixel: only where needed
+            m_ok = tl.full((M,), 1, tl.int1)
+            if triton.next_power_of_2(S) != S:
+                m_ok = m_sx < S
+            if not EVEN_W:
                 m_ok = m_ok & (ix0 + m // SXB < W)
             ry = tl.arange(0, RY)
             sy = sy0 + tl.arange(0, SY)
