@@ -76,13 +76,13 @@ def run_both(shape, dtype, device, layout=None):
 
 
 # (N, C, H, W, k, G, s). Tiles are 2 x 8 source pixels: the first shape has tiles inside the image
-# (unmasked taps) and tiles cut by its bottom edge (its rows whole tiles: stores unmasked along the
-# columns), the others rows cut by a tile; 3 or 40 channels a group are not whole blocks (32
-# channels in float32); s = 3 and 5 are padded (4 and 8 sub-pixel columns), s = 4 takes two programs'
-# sub-pixel blocks (8 sub-pixels a thread, their kernels in two loads), s = 16 two sub-pixel column
-# blocks; k = 1, s = 1.
+# (unmasked taps) and tiles cut by its bottom edge; rows of 24 and 8 pixels are whole tiles (the
+# channels-first stores unmasked along the columns), the others not; 3 or 40 channels a group are not
+# whole blocks (32 channels in float32); s = 3 and 5 are padded (4 and 8 sub-pixel columns), s = 4
+# takes two programs' sub-pixel blocks (8 sub-pixels a thread, their kernels in two loads), s = 16
+# two sub-pixel column blocks; k = 1, s = 1.
 SHAPES = [(1, 8, 7, 24, 5, 1, 2), (2, 6, 3, 9, 3, 2, 3), (1, 40, 3, 9, 5, 1, 4), (1, 4, 3, 4, 1, 1, 1),
-          (1, 4, 2, 3, 3, 1, 8), (1, 2, 2, 3, 3, 1, 5), (1, 3, 2, 2, 3, 1, 16)]
+          (1, 4, 2, 3, 3, 1, 8), (1, 2, 2, 8, 3, 1, 5), (1, 3, 2, 2, 3, 1, 16)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
