@@ -27,7 +27,8 @@ output's gradient, R = k // 2.
    unrolled, so every accumulator index is a compile-time constant and the selects fold away. A
    source row's dy is loaded once per tap row that reaches the band (the first from L2, the
    rest from L1), so dy crosses L2 (BAND + 2R) / BAND times instead of k times.
-   At s >= 8 main's products (`_feature_grad`) run; at s = 1 or k = 1, main's whole backward.
+   Main's features gradient runs at s >= 8 (its products) and for DLU's 16-bit inputs (below); at
+   s = 1 or k = 1 main's whole backward.
 
 README.md has the model: bytes per step against the minimal, registers, what the A/B should show.
 """
@@ -278,11 +279,14 @@ def feature_block_blocks(channels_per_group, row_length, scale_factor, kernel_si
 
 
 def _feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, scale_factor):
-    """dfeatures receives the features' gradient: main's products at s >= 8, else the block kernel."""
+    """dfeatures receives the features' gradient: the block kernel, except where main's runs: its
+    products at s >= 8, and DLU's 16-bit inputs, whose float32 K beside 16-bit dy took the block
+    kernel to 164 registers (one 8-warp program an SM; main's 127 at 4 warps, 4 programs), and
+    whose dy is half the L2 traffic the block kernel saves."""
     n, c, h, w = dfeatures.shape
     cpg = c // group_size
     s = scale_factor
-    if pixel_product_blocks(cpg, s, kernel_size):
+    if pixel_product_blocks(cpg, s, kernel_size) or grad_out.element_size() < masks.element_size():
         return main._feature_grad(grad_out, masks, dfeatures, kernel_size, group_size, s)
     block_c, block_p, sxb, band, warps = feature_block_blocks(cpg, w, s, kernel_size)
     step = block_p - 2 * (kernel_size // 2)
