@@ -43,7 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Sizes chosen by A/B on this project's CPU machine (a 2-core Zen 4: TILE 64 -> 256 cut the
+/* Sizes chosen by A/B on a 2-core x86_64 CPU with AVX-512 (TILE 64 -> 256 cut the
    forward 36 -> 27 ms at the FPN shape, one thread; CB 4, 8 and 16 within noise). */
 #define CB 8                 /* channels that share each kernel vector */
 #define TILE 256             /* output columns of a tile, at least (rounded up to s vectors) */
