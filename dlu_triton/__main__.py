@@ -5,6 +5,10 @@ modules (convolutions included), the DLU/CARAFE ratios, and the fused ops' time 
 bandwidth floor (minimal bytes / copy bandwidth measured in the same run). Times are medians,
 with half their 20%-80% quantile range as a spread; ratios come with their range.
 
+On a GPU each module's forward+backward is also replayed from CUDA graphs: its device time,
+without Python's and the launches' costs. Where the eager step takes clearly longer (by
+HOST_BOUND), the host bounds it, and a faster kernel would not show in its latency.
+
 On a CPU, which the scheduler shares with every other process, the default shape gives every
 row milliseconds of work, all of a scale's calls are timed in interleaved rounds (each sample
 at least 20 ms of calls), the DLU/CARAFE ratios are taken round by round, and the header says
@@ -19,6 +23,8 @@ import torch
 
 from . import benchmark as B
 from . import cpu_native, ops
+
+HOST_BOUND = 1.2  # eager over graphed time above which a row is bound by the host
 
 
 def parse(argv):
@@ -65,6 +71,10 @@ def measure_scale(args, scale, bandwidth, log):
     calls["ops", "carafe_op_ms"] = lambda: ops.carafe(x, masks, k, g, scale)
     passes = [what for what in ("fwd_ms", "fwd_bwd_ms") if ("DLU", what) in calls]
     if gpu:
+        if not args.forward_only:  # the same steps replayed from CUDA graphs: their device time
+            for method in B.METHODS:
+                calls[method, "graphed_ms"] = B.module_calls(method, scale, x, graphed=True)[1]
+            passes.append("graphed_ms")
         times = {}
         for key, fn in calls.items():
             log(f"  s={scale} {' '.join(key)} ...")
@@ -102,25 +112,38 @@ def fmt_ratio(r):
     return f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})"
 
 
+def bound(eager, graphed):
+    """What bounds a step: "host" where its eager time exceeds its graphed (device) time by more
+    than HOST_BOUND, else "device"."""
+    return "host" if eager[0] > HOST_BOUND * graphed[0] else "device"
+
+
 def print_table(res, forward_only):
     n, c, h, w = res["input"]
     s = res["scale"]
+    graphed = "graphed_ms" in res["ratios"]
     print(f"\nscale {s}x: input {n}x{c}x{h}x{w} -> output {s * h}x{s * w}")
     head = f"{'method':<11} {'params':>10} {'GFLOPs':>8} {'fwd ms':>14}"
     if not forward_only:
         head += f" {'fwd+bwd ms':>14} {'peak MiB':>9}"
+    if graphed:
+        head += f" {'graphed fwd+bwd ms':>19} {'bound by':>8}"
     print(head)
     for method, r in res["methods"].items():
         line = f"{method:<11} {r['params']:>10,} {r['gflops']:>8.2f} {fmt_ms(r['fwd_ms']):>14}"
         if not forward_only:
             peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             line += f" {fmt_ms(r['fwd_bwd_ms']):>14} {peak:>9}"
+        if graphed:
+            line += f" {fmt_ms(r['graphed_ms']):>19} {bound(r['fwd_bwd_ms'], r['graphed_ms']):>8}"
         print(line)
     d, cp, ratios = res["methods"]["DLU"], res["methods"]["CARAFEPack"], res["ratios"]
     ratio = (f"DLU/CARAFE: params {d['params'] / cp['params']:.2f}, FLOPs {d['gflops'] / cp['gflops']:.2f}, "
              f"fwd {fmt_ratio(ratios['fwd_ms'])}")
     if not forward_only:
         ratio += f", fwd+bwd {fmt_ratio(ratios['fwd_bwd_ms'])}"
+    if graphed:
+        ratio += f", graphed fwd+bwd (device) {fmt_ratio(ratios['graphed_ms'])}"
     print(ratio)
     f, dlu, carafe = res["floor"], res["dlu_op_ms"], res["carafe_op_ms"]
     ops_line = f"ops alone (k=5): dlu_upsample {fmt_ms(dlu)} ms, carafe {fmt_ms(carafe)} ms"

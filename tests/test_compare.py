@@ -56,3 +56,26 @@ def test_interleaved_ms_times_every_call_in_each_round_for_at_least_the_sample_t
     timed = ran[4:]  # after each call's warm-up and calibration
     repeats = timed.index("b")
     assert repeats > 1 and timed == (["a"] * repeats + ["b"] * (len(timed) // 4 - repeats)) * 4
+
+
+def test_graphed_rows_say_what_bounds_each_step(capsys):
+    """On a GPU each module row gains its CUDA-graphed forward+backward (device time) and what
+    bounds the eager step: the host where the eager time exceeds the graphed one by more than
+    HOST_BOUND. (The graphs need a GPU; the table is checked on a result laid out as
+    measure_scale lays one out.)"""
+    t = lambda ms: (ms, 0.95 * ms, 1.05 * ms)  # noqa: E731
+    methods = {m: dict(params=p, gflops=1.0, fwd_ms=t(0.5), fwd_bwd_ms=t(eager), peak_mib=10.0, graphed_ms=t(dev))
+               for m, p, eager, dev in [("nearest", 0, 0.1, 0.1), ("bilinear", 0, 0.2, 0.19),
+                                        ("CARAFEPack", 100, 3.0, 1.0), ("DLU", 50, 3.2, 0.8)]}
+    ratios = {what: (methods["DLU"][what][0] / methods["CARAFEPack"][what][0],) * 3
+              for what in ("fwd_ms", "fwd_bwd_ms", "graphed_ms")}
+    res = dict(scale=2, input=(2, 8, 4, 4), methods=methods, ratios=ratios, dlu_op_ms=t(0.1), carafe_op_ms=t(0.1),
+               floor=None)
+    cli.print_table(res, forward_only=False)
+    out = capsys.readouterr().out
+    assert "graphed fwd+bwd ms" in out and "bound by" in out, out
+    rows = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.split()[:1] and
+            line.split()[0] in methods}
+    assert rows == dict(nearest="device", bilinear="device", CARAFEPack="host", DLU="host"), out
+    assert "graphed fwd+bwd (device) 0.80 (0.80-0.80)" in out, out
+    assert cli.bound(t(1.21), t(1.0)) == "host" and cli.bound(t(1.19), t(1.0)) == "device"
