@@ -13,7 +13,7 @@ as it is. For each anchor shape (or those --shapes picks by index) and op (the l
 `dlu_forward`, `carafe_forward`, `dlu_backward`, `carafe_backward`, each with all its launches) it
 times each version and the new one in turn, three rounds each, and reports the median of the
 rounds' medians (`dlu_triton.benchmark.time_ms`: do_bench on CUDA, wall clock on CPU), new/old for
-each folder, the new version's fraction of the bandwidth floor (CUDA), and the largest relative
+each folder, every version's fraction of the bandwidth floor (CUDA), and the largest relative
 difference between the outputs of the new version and each folder's (|new - old| / max|old|, per
 output), so a faster but wrong variant shows. A version that raises (a kernel that does not compile
 on that GPU, say) gets "error" in its cells and its error's first line in the log, and the run goes
@@ -156,9 +156,10 @@ def main():
              + f"torch {info['torch']}, triton {info['triton']}, {info['date']}"
              + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else ""), "",
              "| shape | op | " + " | ".join(f"{nm} ms" for nm in names) + " | new ms | "
-             + " | ".join(f"new/{nm}" for nm in names) + " | new of floor | "
+             + " | ".join(f"new/{nm}" for nm in names) + " | "
+             + " | ".join(f"{nm} of floor" for nm in names + ["new"]) + " | "
              + " | ".join(f"max rel diff vs {nm}" for nm in names) + " |",
-             "|---|---|" + "---|" * (3 * len(names) + 2)]
+             "|---|---|" + "---|" * (4 * len(names) + 2)]
     shapes = QUICK if args.quick else [ANCHORS[i] for i in args.shapes] if args.shapes else ANCHORS
     for shape in shapes:
         n, c, h, w, k, g, s, dt = shape
@@ -181,10 +182,10 @@ def main():
                     print(f"{label} {op} {name}: {err}", file=sys.stderr)
             *old_ms, new_ms = (None if err else statistics.median(t) for t, err in zip(times, errors))
             floor = floor_ms(op, shape, bandwidth)
-            share = f"{floor / new_ms:.0%}" if floor and new_ms else "-"
+            shares = [f"{floor / ms:.0%}" if floor and ms else "-" for ms in (*old_ms, new_ms)]
             lines.append(f"| {label} | {op} | " + " | ".join(cell(ms, ".3f") for ms in (*old_ms, new_ms)) + " | "
-                         + " | ".join(cell(new_ms and ms and new_ms / ms, ".2f") for ms in old_ms) + f" | {share} | "
-                         + " | ".join(cell(d, ".1e") for d in diffs) + " |")
+                         + " | ".join(cell(new_ms and ms and new_ms / ms, ".2f") for ms in old_ms) + " | "
+                         + " | ".join(shares) + " | " + " | ".join(cell(d, ".1e") for d in diffs) + " |")
             print(lines[-1], file=sys.stderr)
             if args.out:  # rewritten after each row, so a run stopped by its time limit keeps its rows
                 with open(args.out, "w") as f:
