@@ -1,5 +1,5 @@
 """Candidate backward: DLU's chain rule fused into the mask gradient's product, and the features
-gradient walking bands of input rows with its partial sums in registers.
+gradient finishing a band of input rows a program, each source row of dy read once by it.
 
 Notation as in dlu_triton/kernels/backward.py: out[c, o] = sum_j K[g, j, o] x[c, q(o) + d_j], dy the
 output's gradient, R = k // 2.
