@@ -124,7 +124,7 @@ def _tile_kernels(slot, k_base, off_base, g, iy0, ix0, sy0, sx0, H, W, skc, sky,
             k += (fy * (1.0 - fx)) * tl.load(at + y1 + x0).to(ACC)
             k += (fy * fx) * tl.load(at + y1 + x1).to(ACC)
         else:
-            at = ((iy * S + sy).to(IDX) * sky + (ix * S + sx).to(IDX) * skx)[:, None] + ((g * KK + j) * skc).to(IDX)
+            at = ((iy * S + sy).to(IDX) * sky + (ix * S + sx).to(IDX) * skx)[:, None] + (g * KK + j).to(IDX) * skc
             k = tl.load(k_base + at, mask=ok[:, None] & (j < KK), other=0.0).to(ACC)
         tl.store(slot + j * PTS + pt[:, None], k, mask=j < KK)
 
@@ -212,9 +212,9 @@ def _nhwc_reassemble_kernel(
     sy0 = pid % n_s // n_sx * SY
     sx0 = pid % n_sx * SXB
     t = pid // n_s
-    ix0 = t % n_x * NX
+    ix0 = (t % n_x * NX).to(IDX)
     t = t // n_x
-    iy0 = t % n_y * RY
+    iy0 = (t % n_y * RY).to(IDX)
     n = (t // n_y).to(IDX)
     p = tl.arange(0, PIX)
     iy = iy0 + p // NX
