@@ -244,11 +244,9 @@ def _nhwc_reassemble_kernel(
             b = tl.arange(0, SB)
             sy = sy0 + b // SXB
             sx = sx0 + b % SXB
-            oy = (iy * S)[None, :] + sy[:, None]
-            ox = (ix * S)[None, :] + sx[:, None]
             ok = ((sy < S) & (sx < S))[:, None] & p_ok[None, :]
-            tl.store(out_ptr + n * sun + (oy * suy + ox * sux)[:, :, None] + (c * suc)[None, None, :], acc,
-                     mask=ok[:, :, None] & c_ok[None, None, :])
+            o_pix = out_ptr + n * sun + (iy * S * suy + ix * S * sux)[None, :, None] + (c * suc)[None, None, :]
+            tl.store(o_pix + (sy * suy + sx * sux)[:, None, None], acc, mask=ok[:, :, None] & c_ok[None, None, :])
         else:
             # channels first: (pixel, sub-pixel column) flattened into runs of NX * SXB output columns
             M: tl.constexpr = NX * SXB
