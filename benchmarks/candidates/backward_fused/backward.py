@@ -263,18 +263,20 @@ def _feature_grad_block_kernel(
 def feature_block_blocks(channels_per_group, row_length, scale_factor, kernel_size):
     """The block kernel's tiles: (BLOCK_C, BLOCK_P, SXB, BAND, num_warps). The window (BLOCK_P
     source pixels, the middle BLOCK_P - 2R finished) and SXB as main's feature_grad_blocks, and
-    up to 32 channels (K is read once per channel block, as in main). BAND input rows from
-    BAND + 2R source rows, as many as keep the accumulators [BAND * k padded, BLOCK_C, BLOCK_P]
-    within 16384 fp32, 64 registers a thread at 8 warps: 2 at k = 5 and 7 (dy crosses L2 3 and 4
-    times instead of 5 and 7), 4 at k = 3 (1.5 times instead of 3). sm_90 under triton 3.9 at N2
-    C256 128x128 s2 k5: 128 registers, no spills; 4 rows at 16 channels took 106 registers but
-    1.24x the instructions a multiply-add (a K load serves half the channels)."""
+    up to 32 channels (K is read once per channel block, as in main). BAND = 2 input rows from
+    2 + 2R source rows (dy crosses L2 3 times at k = 5, 2 at k = 3, instead of k), or 1 where
+    the accumulators [BAND * k padded, BLOCK_C, BLOCK_P] would pass 16384 fp32 (64 registers a
+    thread at 8 warps). sm_90 under triton 3.9 at N2 C256 128x128 s2 k5: 128 registers, no
+    spills; 4 rows at 16 channels took 106 registers but 1.24x the instructions a multiply-add (a
+    K load serves half the channels). 4 and 8 rows spilled on sm_120, gfx90a and gfx942 at small
+    shapes (the compile matrix)."""
     halo = 2 * (kernel_size // 2)
     sxb = 2 if scale_factor % 2 == 0 else 1
     block_p = max(pow2(halo + 1), min(32, pow2(row_length + halo)))
     block_c = max(1, min(pow2(channels_per_group), 32))
-    band = max(1, min(8, 16384 // (pow2(kernel_size) * block_c * block_p)))
-    warps = max(1, min(8, band * pow2(kernel_size) * block_c * block_p // 2048))
+    accumulators = pow2(kernel_size) * block_c * block_p
+    band = 2 if 2 * accumulators <= 16384 else 1
+    warps = max(1, min(8, band * accumulators // 2048))
     return block_c, block_p, sxb, band, warps
 
 
