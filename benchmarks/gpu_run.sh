@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_run.sh modules                     # the modules' time: host, kernels, idle (target 4)
 #   bash benchmarks/gpu_run.sh host                        # host time of each layer of a call (launch, op, autograd)
 #   COMMIT=SHA bash benchmarks/gpu_run.sh targets          # docs/performance.md's targets -> $OUT/gpu-targets.json
+#   bash benchmarks/gpu_run.sh candidates                  # every folder of benchmarks/candidates/ against main
 #   AB_OLD="DIR [DIR...]" bash benchmarks/gpu_run.sh ab    # A/B against each DIR (from benchmarks/ab.py --export REV DIR);
 #                                                          # AB_ARGS="--ops dlu_backward" passes options on,
 #                                                          # AB_TAG=fwd writes ab-fwd.md (several A/Bs a call)
@@ -36,6 +37,19 @@ for step in "$@"; do
       timeout "${AB_TIMEOUT:-500}" python3 benchmarks/ab.py ${AB_OLD:?set AB_OLD to the exported old kernels} ${AB_ARGS:-} \
         --out "$ab.md" > /dev/null 2> "$ab.log"
       tail -40 "$ab.md" ;;
+    candidates)
+      # the forward candidates on contiguous inputs, then channels-last (s2 fp32 anchors, s4, bf16,
+      # fp16), then the backward candidate; each table keeps its finished rows at a time limit
+      forwards="benchmarks/candidates/forward_nhwc benchmarks/candidates/forward_band"
+      # shellcheck disable=SC2086  # two folders
+      timeout 240 python3 benchmarks/ab.py $forwards --ops dlu_forward carafe_forward \
+        --out "$OUT/ab-forward.md" > /dev/null 2> "$OUT/ab-forward.log"
+      # shellcheck disable=SC2086
+      timeout 120 python3 benchmarks/ab.py $forwards --ops dlu_forward carafe_forward --channels-last \
+        --shapes 0 1 2 7 9 --out "$OUT/ab-forward-cl.md" > /dev/null 2> "$OUT/ab-forward-cl.log"
+      timeout 240 python3 benchmarks/ab.py benchmarks/candidates/backward_fused --ops dlu_backward carafe_backward \
+        --out "$OUT/ab-backward.md" > /dev/null 2> "$OUT/ab-backward.log"
+      tail -n 30 "$OUT"/ab-forward.md "$OUT"/ab-forward-cl.md "$OUT"/ab-backward.md ;;
     sweep)
       timeout 300 python3 benchmarks/sweep_blocks.py 2>&1 | tee "$OUT/sweep.md" ;;
     props)
