@@ -6,7 +6,7 @@
 
 A version is a folder with `__init__.py`, `forward.py` and `backward.py` exposing the four
 launchers with main's signatures: an older version's kernels, exported from git with `--export`
-into an untracked folder such as scratch/ (the device machine gets the working tree without
+into an untracked folder such as scratch/ (where the GPU machine gets a copy of the tree without
 .git; the folder travels with it), or a candidate not yet measured on a GPU, a folder of
 benchmarks/candidates/ that imports what it does not change from dlu_triton.kernels and is loaded
 as it is. For each anchor shape (or those --shapes picks by index) and op (the launchers
