@@ -33,6 +33,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from benchmarks.ab import calls, floor_ms, inputs
 from benchmarks.profile_modules import kernels_per_call
 from dlu_triton import benchmark as B
 from dlu_triton.kernels import backward, forward
@@ -57,20 +58,10 @@ def label(shape):
 
 
 def launcher_fraction(op, shape, device, bandwidth):
-    """The launcher's median time (ms) and its minimal bytes' time at `bandwidth` over it."""
-    n, c, h, w, k, g, s, dt = shape
-    x, logits, offsets, masks = B.op_inputs(n, c, h, w, k, g, s, device, dt)
-    dy = torch.randn(n, c, s * h, s * w, device=device, dtype=dt)
-    call = dict(
-        dlu_forward=lambda: forward.dlu_forward(x, logits, offsets, k, g, s),
-        carafe_forward=lambda: forward.carafe_forward(x, masks, k, g, s),
-        dlu_backward=lambda: backward.dlu_backward(dy, x, logits, offsets, k, g, s),
-        carafe_backward=lambda: backward.carafe_backward(dy, x, masks, k, g, s),
-    )[op]
-    count = B.dlu_bytes if op.startswith("dlu") else B.carafe_bytes
-    nbytes = count(n, c, h, w, k, g, s, x.element_size(), backward=op.endswith("backward"))
-    ms = B.time_ms(call, device)[0]
-    return ms, nbytes / bandwidth * 1e3 / ms
+    """The launcher's median time (ms), and its minimal bytes' time at `bandwidth` over it, on
+    benchmarks/ab.py's inputs and calls."""
+    ms = B.time_ms(calls(forward, backward, shape, inputs(shape, device))[op], device)[0]
+    return ms, floor_ms(op, shape, bandwidth) / ms
 
 
 class _Bytes(TorchDispatchMode):
