@@ -8,19 +8,15 @@ import torch
 
 from dlu_triton import reference
 from dlu_triton.kernels.launch import output_format
-from tests.inputs import carafe_inputs, dlu_inputs
+from tests.conftest import exact_dtype
+from tests.inputs import LOW, carafe_inputs, dlu_inputs
 from tests.test_nonfinite import assert_matches_with_nonfinite
 from tests.test_ops import reference_results
 from tests.tolerance import assert_close
 
 from . import backward
 
-LOW = (torch.float16, torch.bfloat16)
 NAN, INF = float("nan"), float("inf")
-
-
-def dtype_for(device):
-    return torch.float32 if device == "cuda" else torch.float64
 
 
 def grad_like(n, c, h, w, s, inputs):
@@ -49,7 +45,7 @@ def check_both(shape, device, dtype=None, carafe=True, offsets=None):
     """DLU's launcher (its offsets a function of the random ones, if given) and CARAFE's against the
     reference."""
     n, c, h, w, k, g, s = shape
-    dt = dtype or dtype_for(device)
+    dt = dtype or exact_dtype(device)
     inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=device)
     if offsets:
         inputs = (*inputs[:2], offsets(inputs[2]))
@@ -95,7 +91,7 @@ def test_features_gradient_blocks(kernel_device, shape, tiles, monkeypatch, laun
     monkeypatch.setattr(backward, "feature_block_blocks", lambda *a: tiles)
     rows = launches(backward, "_feature_grad_block_kernel")
     n, c, h, w, k, g, s = shape
-    features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=dtype_for(kernel_device), device=kernel_device)
+    features, masks = carafe_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(kernel_device), device=kernel_device)
     check_carafe((features, masks), grad_like(n, c, h, w, s, (features,)), k, g, s)
     assert rows
 
@@ -106,7 +102,7 @@ def test_fused_kernel_banded_tiles(kernel_device, monkeypatch, launches):
     monkeypatch.setattr(backward, "mask_grad_dot_blocks", lambda cpg, s, k: (1, 8, 16, 2))
     chain = launches(backward, "_dk_chain_kernel")
     n, c, h, w, k, g, s = 1, 3, 2, 11, 5, 1, 2
-    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dtype_for(kernel_device), device=kernel_device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(kernel_device), device=kernel_device)
     check_dlu(inputs, grad_like(n, c, h, w, s, inputs), k, g, s)
     assert chain
 
@@ -120,7 +116,7 @@ def same_format(got, inputs):
 def test_layouts_and_strided_views(kernel_device):
     """channels_last inputs, and features that are a strided view; outputs in main's formats."""
     n, c, h, w, k, g, s = 1, 4, 3, 5, 3, 2, 2
-    dt = dtype_for(kernel_device)
+    dt = exact_dtype(kernel_device)
     x, logits, offsets = dlu_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
     f, m = carafe_inputs(n, c, h, w, k, g, s, dtype=dt, device=kernel_device)
     cl = torch.channels_last
@@ -153,7 +149,7 @@ def test_deterministic_variant(kernel_device, launches):
     index_add_ sums: the reference's gradients, bitwise the same on every run."""
     chain = launches(backward, "_dk_chain_kernel")
     n, c, h, w, k, g, s = 1, 4, 3, 5, 3, 2, 2
-    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=dtype_for(kernel_device), device=kernel_device)
+    inputs = dlu_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(kernel_device), device=kernel_device)
     grad = grad_like(n, c, h, w, s, inputs)
     first = check_dlu(inputs, grad, k, g, s, deterministic=True)
     second = backward.dlu_backward(grad, *inputs, k, g, s, deterministic=True)
@@ -162,12 +158,12 @@ def test_deterministic_variant(kernel_device, launches):
 
 
 def test_empty_and_untouched_gradient(kernel_device):
-    inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=dtype_for(kernel_device), device=kernel_device)
+    inputs = dlu_inputs(1, 4, 3, 4, 3, 1, 2, dtype=exact_dtype(kernel_device), device=kernel_device)
     grad = grad_like(1, 4, 3, 4, 2, inputs)
     before = grad.clone()
     grads = backward.dlu_backward(grad, *inputs, 3, 1, 2)
     assert torch.equal(grad, before) and all(gr.data_ptr() != grad.data_ptr() for gr in grads)
-    empty = dlu_inputs(0, 4, 3, 4, 3, 1, 2, dtype=dtype_for(kernel_device), device=kernel_device)
+    empty = dlu_inputs(0, 4, 3, 4, 3, 1, 2, dtype=exact_dtype(kernel_device), device=kernel_device)
     assert [t.shape for t in backward.dlu_backward(grad[:0], *empty, 3, 1, 2)] == [t.shape for t in empty]
 
 
@@ -190,7 +186,7 @@ DLU_NONFINITE = [(case, S2) for case in DLU_CASES] + [(DLU_CASES[i], S8) for i i
 def test_dlu_nonfinite(kernel_device, case, shape):
     name, which, index, value = case
     n, c, h, w, k, g, s = shape
-    tensors = [*dlu_inputs(n, c, h, w, k, g, s, dtype=dtype_for(kernel_device), device=kernel_device)]
+    tensors = [*dlu_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(kernel_device), device=kernel_device)]
     tensors.append(grad_like(n, c, h, w, s, tensors))
     tensors[which] = tensors[which].clone()
     tensors[which][index] = value
@@ -211,7 +207,7 @@ CARAFE_CASES = [("feature NaN", 0, (0, 1, 2, 0), NAN), ("feature -Inf", 0, (0, 1
 def test_carafe_nonfinite(kernel_device, case):
     name, which, index, value = case
     n, c, h, w, k, g, s = S2
-    tensors = [*carafe_inputs(n, c, h, w, k, g, s, dtype=dtype_for(kernel_device), device=kernel_device)]
+    tensors = [*carafe_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(kernel_device), device=kernel_device)]
     tensors.append(grad_like(n, c, h, w, s, tensors))
     tensors[which] = tensors[which].clone()
     tensors[which][index] = value
@@ -234,7 +230,7 @@ def test_inf_in_a_window_that_a_point_does_not_read(kernel_device):
     places), and the fused kernel's chain rule is main's."""
     from dlu_triton.kernels import backward as main
     n, c, h, w, k, g, s = 1, 2, 3, 12, 3, 1, 2
-    inputs = [*dlu_inputs(n, c, h, w, k, g, s, dtype=dtype_for(kernel_device), device=kernel_device)]
+    inputs = [*dlu_inputs(n, c, h, w, k, g, s, dtype=exact_dtype(kernel_device), device=kernel_device)]
     inputs[0] = inputs[0].clone()
     inputs[0][0, 0, 0, 7] = INF
     grad = grad_like(n, c, h, w, s, inputs)

@@ -8,6 +8,7 @@ import triton.language as tl
 from dlu_triton import reference
 from dlu_triton.kernels import forward as main
 from dlu_triton.kernels import launch
+from tests.conftest import exact_dtype
 from tests.inputs import LOW, carafe_inputs, dlu_inputs
 from tests.test_nonfinite import assert_matches_with_nonfinite
 from tests.tolerance import assert_close
@@ -74,7 +75,7 @@ MAIN = [(1, 4, 3, 4, 1, 1, 2), (1, 4, 3, 4, 3, 1, 1)]
 def test_forward_matches_reference(kernel_device, shape, launches):
     band = launches(forward, "_band_kernel")
     fma = launches(main, "_reassemble_kernel")
-    dtype = torch.float32 if kernel_device == "cuda" else torch.float64
+    dtype = exact_dtype(kernel_device)
     run_both(shape, dtype, kernel_device)
     assert (len(band), len(fma)) == ((2, 0) if shape in BAND else (0, 2))
 
@@ -89,12 +90,12 @@ def test_forward_dtypes(kernel_device, shape, dtype):
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 @pytest.mark.parametrize("shape", [BAND[1], BAND[2]], ids=str)
 def test_forward_layouts(kernel_device, shape, layout):
-    run_both(shape, torch.float32 if kernel_device == "cuda" else torch.float64, kernel_device, layout)
+    run_both(shape, exact_dtype(kernel_device), kernel_device, layout)
 
 
 def test_forward_index_width(kernel_device, monkeypatch):
     monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
-    run_both(BAND[3], torch.float32 if kernel_device == "cuda" else torch.float64, kernel_device)
+    run_both(BAND[3], exact_dtype(kernel_device), kernel_device)
 
 
 NAN, INF = float("nan"), float("inf")
@@ -109,7 +110,7 @@ def test_forward_nonfinite(kernel_device, shape):
     exactly where the reference has them, the rest as usual. The first image is smaller than a
     window (its loads masked), the second not (the window moved into it)."""
     n, c, h, w, k, g, s = shape
-    dtype = torch.float32 if kernel_device == "cuda" else torch.float64
+    dtype = exact_dtype(kernel_device)
     x, logits, offsets = dlu_inputs(n, c, h, w, k, g, s, dtype=dtype, device=kernel_device)
     # away from the first tile's window where the window is moved (its taps outside the image are
     # dropped there, and only the check of the masks below makes it exact)

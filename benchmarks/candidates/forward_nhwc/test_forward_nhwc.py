@@ -9,6 +9,7 @@ import triton.language as tl
 
 from dlu_triton import reference
 from dlu_triton.kernels import launch
+from tests.conftest import exact_dtype
 from tests.inputs import LOW, carafe_inputs, dlu_inputs
 from tests.test_nonfinite import assert_matches_with_nonfinite
 from tests.tolerance import assert_close
@@ -28,10 +29,6 @@ def poisoned(monkeypatch):
         return launch.new_output(like, size, dtype, memory_format).fill_(NAN)
 
     monkeypatch.setattr(forward, "new_output", allocate)
-
-
-def exact(device):
-    return torch.float32 if device == "cuda" else torch.float64
 
 
 def shaped(x, layout):
@@ -87,7 +84,7 @@ SHAPES = [(1, 8, 7, 24, 5, 1, 2), (2, 6, 3, 9, 3, 2, 3), (1, 40, 3, 9, 5, 1, 4),
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_matches_reference(kernel_device, shape):
-    run_both(shape, exact(kernel_device), kernel_device)
+    run_both(shape, exact_dtype(kernel_device), kernel_device)
 
 
 @pytest.mark.parametrize(("shape", "dtype"), [(SHAPES[0], torch.float32), (SHAPES[0], torch.float16),
@@ -102,19 +99,19 @@ def test_forward_layouts(kernel_device, layout, launches):
     """Features with channel stride 1 are read as they are (no NHWC copy); evenly strided planes
     go through the candidate's copy kernel, other views through torch's copy."""
     copies = launches(forward, "_to_nhwc_kernel")
-    run_both(SHAPES[1], exact(kernel_device), kernel_device, layout)
+    run_both(SHAPES[1], exact_dtype(kernel_device), kernel_device, layout)
     assert len(copies) == (2 if layout == "strided" else 0)
 
 
 def test_forward_copies_channels_first(kernel_device, launches):
     copies = launches(forward, "_to_nhwc_kernel")
-    run_both(SHAPES[3], exact(kernel_device), kernel_device)
+    run_both(SHAPES[3], exact_dtype(kernel_device), kernel_device)
     assert len(copies) == 2
 
 
 def test_forward_index_width(kernel_device, monkeypatch):
     monkeypatch.setattr(forward, "index_dtype", lambda *t: tl.int64)
-    run_both(SHAPES[0], exact(kernel_device), kernel_device)
+    run_both(SHAPES[0], exact_dtype(kernel_device), kernel_device)
 
 
 @pytest.mark.parametrize("layout", [None, "channels_last"])
@@ -124,7 +121,7 @@ def test_forward_nonfinite(kernel_device, layout):
     masks, a NaN offset and logit (DLU): NaN, +Inf and -Inf exactly where the reference has them.
     The image has tiles inside it and at its edges."""
     n, c, h, w, k, g, s = 1, 3, 7, 21, 5, 1, 2
-    dtype = exact(kernel_device)
+    dtype = exact_dtype(kernel_device)
     x, logits, offsets = dlu_inputs(n, c, h, w, k, g, s, dtype=dtype, device=kernel_device)
     x[0, 0, h - 1, w - 1], x[0, 1, 3, 10], x[0, 2, 0, 0] = NAN, INF, -INF
     logits[0, 3, h - 1, 0] = NAN
