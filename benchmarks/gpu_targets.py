@@ -45,7 +45,7 @@ OTHERS = [(2, 256, 64, 64, 5, 1, 4, torch.float32), (2, 256, 32, 32, 5, 1, 8, to
           (2, 256, 16, 16, 5, 1, 16, torch.float32), (2, 256, 128, 128, 3, 1, 2, torch.float32),
           (2, 256, 128, 128, 5, 1, 2, torch.bfloat16), (2, 256, 128, 128, 5, 1, 2, torch.float16)]
 SCALES = (2, 4, 8, 16)
-MODULE_INPUT = (2, 256, 256)  # compare's N, C and output size
+MODULE_INPUT = B.compare_shape("cuda")  # compare's N, C and output size on a GPU
 FPN = (8, 256, 100, 152)
 SMOKE = dict(anchors=[(1, 8, 5, 6, 5, 1, 2, torch.float32)], others=[(1, 8, 3, 4, 3, 1, 4, torch.float32)],
              scales=(2, 4), module_input=(1, 8, 16), fpn=(1, 8, 5, 6))

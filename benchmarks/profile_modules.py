@@ -66,7 +66,7 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    n, c, size = (2, 256, 256) if cuda else (1, 64, 256)  # compare's defaults
+    n, c, size = B.compare_shape(device)
     lines = []
     log = lines.append
     info = B.env_info(device)

@@ -35,7 +35,7 @@ def parse(argv):
     c.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8, 16])
     c.add_argument("--channels", type=int, default=None, help="default 256 on CUDA, 64 on CPU")
     c.add_argument("--batch", type=int, default=None, help="default 2 on CUDA, 1 on CPU")
-    c.add_argument("--output-size", type=int, default=256,
+    c.add_argument("--output-size", type=int, default=None,
                    help="side of the upsampled output; the input is output-size/scale (default 256)")
     c.add_argument("--rounds", type=int, default=15,
                    help="CPU: interleaved timing rounds (default 15); CUDA times with do_bench")
@@ -189,8 +189,10 @@ def plot(results, path):
 
 def compare(args):
     gpu = torch.device(args.device).type == "cuda"
-    args.channels = args.channels or (256 if gpu else 64)
-    args.batch = args.batch or (2 if gpu else 1)
+    batch, channels, size = B.compare_shape(args.device)
+    args.batch = args.batch or batch
+    args.channels = args.channels or channels
+    args.output_size = args.output_size or size
     info = B.env_info(args.device)
     if gpu:
         print(f"dlu-triton compare on {info['gpu']}, {args.dtype}, torch {info['torch']}, triton {info['triton']}, "
